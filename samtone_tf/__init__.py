@@ -1,0 +1,12 @@
+"""samtone_tf: dual-encoder retrieval training with same-tower negatives (SamToNe) and
+DANCE's dual objective, for TensorFlow with Keras 3 or Keras 2.
+
+Importing this package never changes which Keras generation ``tf.keras`` is: set
+``TF_USE_LEGACY_KERAS=1`` before importing TensorFlow for Keras 2.
+"""
+
+__version__ = "0.1.0"
+
+from samtone_tf._keras import IS_KERAS3, KERAS_VERSION
+from samtone_tf.distribute import gather_global_batch
+from samtone_tf.losses import SamToNeLoss, contrastive_loss

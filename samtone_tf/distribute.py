@@ -1,0 +1,49 @@
+"""Global-batch gathering for losses computed inside a ``tf.distribute`` replica context.
+
+Contrastive losses want every example of the *global* batch as a negative, not only the
+rows of the local replica. :func:`gather_global_batch` is the one place where that happens:
+it all-gathers a nest of per-replica tensors along axis 0 (with gradients: the gradient of
+``ReplicaContext.all_gather`` all-reduces and slices back) and says where this replica's
+rows sit in the gathered tensors, so the caller can compute the local rows' losses against
+the whole batch.
+
+Outside a strategy, in a one-replica strategy, or in the cross-replica context, the tensors
+are returned unchanged with offset 0.
+"""
+
+import tensorflow as tf
+
+
+def num_replicas_in_context():
+    """Replicas taking part in the current replica context (1 outside a strategy)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:  # cross-replica context: computation is not replicated here
+        return 1
+    return ctx.num_replicas_in_sync
+
+
+def gather_global_batch(tensors):
+    """All-gathers ``tensors`` (a nest) over the replicas of the current context.
+
+    Args:
+      tensors: a nest of tensors sharing their leading (batch) dimension ``b``; ``None``
+        leaves are kept as ``None``.
+
+    Returns:
+      ``(gathered, offset)``: the same nest with leading dimension ``B = sum of every
+      replica's b``, in replica order, and the int32 scalar index of this replica's first
+      row in the gathered tensors (``gathered[offset:offset + b]`` are the local rows).
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return tensors, tf.constant(0, tf.int32)
+
+    flat = tf.nest.flatten(tensors)
+    present = [t for t in flat if t is not None]
+    local_size = tf.shape(present[0], out_type=tf.int32)[:1]
+    gathered_present, sizes = ctx.all_gather((present, local_size), axis=0)
+    replica_id = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+    offset = tf.reduce_sum(sizes[:replica_id])
+    it = iter(gathered_present)
+    gathered_flat = [None if t is None else next(it) for t in flat]
+    return tf.nest.pack_sequence_as(tensors, gathered_flat), offset

@@ -1,0 +1,313 @@
+import itertools
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import samtone_tf
+from samtone_tf import SamToNeLoss, contrastive_loss
+from samtone_tf._keras import keras
+from tests.numpy_reference import reference_loss
+
+B, DIM, H = 5, 4, 2
+
+
+def _data(seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return dict(
+        queries=rng.normal(size=(B, DIM)).astype(dtype),
+        documents=rng.normal(size=(B, DIM)).astype(dtype),
+        hard_negative_documents=rng.normal(size=(B, H, DIM)).astype(dtype),
+        hard_negative_queries=rng.normal(size=(B, H, DIM)).astype(dtype),
+        # rows 1 and 3 share a document; rows 0 and 4 share a query
+        document_ids=np.array([10, 11, 12, 11, 13]),
+        query_ids=np.array([7, 1, 2, 3, 7]),
+    )
+
+
+def _valid(same_tower, bidirectional, partition, dual_weight, hard):
+    if same_tower == "document" and not bidirectional:
+        return False
+    if hard == "both" and not bidirectional:
+        return False
+    if partition == "joint" and dual_weight != 1.0:
+        return False
+    return True
+
+
+GRID = [
+    c for c in itertools.product(
+        ["cosine", "dot"], ["none", "query", "document", "both"], [False, True],
+        ["separate", "joint"], [1.0, 0.1], ["none", "documents", "both"], [False, True])
+    if _valid(*c[1:6])
+]
+
+
+@pytest.mark.parametrize("similarity,same_tower,bidirectional,partition,dual_weight,hard,ids", GRID)
+def test_matches_numpy_reference(similarity, same_tower, bidirectional, partition, dual_weight,
+                                 hard, ids):
+    data = _data(seed=len(GRID))
+    kwargs = dict(temperature=0.3, similarity=similarity, same_tower=same_tower,
+                  bidirectional=bidirectional, dual_weight=dual_weight, partition=partition)
+    if hard in ("documents", "both"):
+        kwargs["hard_negative_documents"] = data["hard_negative_documents"]
+    if hard == "both":
+        kwargs["hard_negative_queries"] = data["hard_negative_queries"]
+    if ids:
+        kwargs["query_ids"] = data["query_ids"]
+        kwargs["document_ids"] = data["document_ids"]
+    expected = reference_loss(data["queries"], data["documents"], **kwargs)
+    got = contrastive_loss(data["queries"], data["documents"], **kwargs).numpy()
+    assert got.shape == (B,)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+    got32 = contrastive_loss(data["queries"].astype(np.float32),
+                             data["documents"].astype(np.float32),
+                             **{k: (v.astype(np.float32) if k.startswith("hard") else v)
+                                for k, v in kwargs.items()}).numpy()
+    np.testing.assert_allclose(got32, expected, rtol=2e-5, atol=2e-5)
+
+
+def test_grid_covers_every_option():
+    assert {c[1] for c in GRID} == {"none", "query", "document", "both"}
+    # (partition, dual_weight) pairs: separate x {1, 0.1} + joint x {1} = 3.
+    # one-way: same_tower in {none, query, both} x hard in {none, documents} x 3 = 18;
+    # bidirectional: 4 same_tower x 3 hard x 3 = 36; times 2 similarities x 2 id settings.
+    assert len(GRID) == (18 + 36) * 2 * 2
+
+
+Q = np.array([[1.0, 0.0], [0.0, 1.0]])
+D = np.array([[1.0, 0.0], [1.0, 1.0]])
+
+
+def test_golden_hand_derived():
+    # dot similarity, tau = 0.5, so every logit is 2 * dot product:
+    #   s(q0,d0)=2 s(q0,d1)=2 s(q0,q1)=0 | s(q1,d1)=2 s(q1,d0)=0 s(q1,q0)=0
+    #   s(d0,q1)=0 s(d0,d1)=2            | s(d1,q0)=2 s(d1,d0)=2
+    kw = dict(temperature=0.5, similarity="dot")
+    e = math.e
+    # in-batch: L0 = log(e^2 + e^2) - 2 = log 2 ; L1 = log(e^2 + e^0) - 2 = log(1 + e^-2)
+    np.testing.assert_allclose(contrastive_loss(Q, D, same_tower="none", **kw),
+                               [math.log(2), math.log(1 + e**-2)], rtol=1e-12)
+    # SamToNe adds s(q0,q1)=0 and s(q1,q0)=0: L0 = log(2 + e^-2), L1 = log(1 + 2 e^-2)
+    np.testing.assert_allclose(contrastive_loss(Q, D, same_tower="query", **kw),
+                               [math.log(2 + e**-2), math.log(1 + 2 * e**-2)], rtol=1e-12)
+    # DANCE row d->q without same-tower terms: Ld0 = log(e^2 + e^0) - 2, Ld1 = log(2 e^2) - 2
+    ld = np.array([math.log(1 + e**-2), math.log(2)])
+    lq = np.array([math.log(2), math.log(1 + e**-2)])
+    np.testing.assert_allclose(
+        contrastive_loss(Q, D, same_tower="none", bidirectional=True, dual_weight=0.1, **kw),
+        lq + 0.1 * ld, rtol=1e-12)
+    # Both sides: d->q row adds s(d0,d1)=2, s(d1,d0)=2: Ld0 = log(1 + e^-2 + 1), Ld1 = log(3)
+    lq_s = np.array([math.log(2 + e**-2), math.log(1 + 2 * e**-2)])
+    ld_s = np.array([math.log(2 + e**-2), math.log(3)])
+    np.testing.assert_allclose(
+        contrastive_loss(Q, D, same_tower="both", bidirectional=True, **kw), lq_s + ld_s,
+        rtol=1e-12)
+    # Joint (GTE), in-batch terms of both rows: anchor 0 partition {2,2 | 2,0}, anchor 1 {2,0 | 2,2}
+    np.testing.assert_allclose(
+        contrastive_loss(Q, D, same_tower="none", bidirectional=True, partition="joint", **kw),
+        [math.log(3 + e**-2), math.log(3 + e**-2)], rtol=1e-12)
+
+
+def test_same_tower_none_is_in_batch_softmax():
+    data = _data(3, np.float32)
+    q = tf.math.l2_normalize(data["queries"], -1)
+    d = tf.math.l2_normalize(data["documents"], -1)
+    logits = tf.matmul(q, d, transpose_b=True) / 0.1
+    expected = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.range(B), logits)
+    got = contrastive_loss(data["queries"], data["documents"], temperature=0.1, same_tower="none")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("same_tower,bidirectional,partition",
+                         [("query", False, "separate"), ("both", True, "separate"),
+                          ("both", True, "joint")])
+def test_permuting_the_batch_permutes_the_losses(same_tower, bidirectional, partition):
+    data = _data(4)
+    perm = np.array([3, 0, 4, 1, 2])
+    kw = dict(temperature=0.2, same_tower=same_tower, bidirectional=bidirectional,
+              partition=partition)
+    args = ("queries", "documents", "hard_negative_documents", "query_ids", "document_ids")
+    if bidirectional:
+        args += ("hard_negative_queries",)
+    full = contrastive_loss(*[data[a] for a in args[:2]],
+                            **{a: data[a] for a in args[2:]}, **kw).numpy()
+    permuted = contrastive_loss(*[data[a][perm] for a in args[:2]],
+                                **{a: data[a][perm] for a in args[2:]}, **kw).numpy()
+    np.testing.assert_allclose(permuted, full[perm], rtol=1e-12)
+    assert not np.allclose(full, full[0])  # the rows differ, so a wrong order would show
+
+
+def test_duplicates_leave_the_denominator():
+    # Rows 0 and 1 share their document: without ids d1 is a negative of q0, with ids it is not.
+    q = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    d = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    kw = dict(temperature=1.0, similarity="dot", same_tower="none")
+    plain = contrastive_loss(q, d, **kw).numpy()
+    masked = contrastive_loss(q, d, document_ids=[5, 5, 6], **kw).numpy()
+    # anchor 0 logits: d0=1, d1=1 (duplicate), d2=0
+    assert plain[0] == pytest.approx(math.log(2 * math.e + 1) - 1)
+    assert masked[0] == pytest.approx(math.log(math.e + 1) - 1)
+    assert masked[2] == pytest.approx(plain[2])  # anchor 2's document has no duplicate
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_half_precision_is_finite_and_close(dtype):
+    data = _data(5, np.float32)
+    kw = dict(temperature=0.01, same_tower="both", bidirectional=True,
+              hard_negative_documents=data["hard_negative_documents"],
+              hard_negative_queries=data["hard_negative_queries"],
+              document_ids=data["document_ids"], query_ids=data["query_ids"])
+    ref = contrastive_loss(data["queries"], data["documents"], **kw).numpy()
+    q = tf.Variable(tf.cast(data["queries"], dtype))
+    d = tf.Variable(tf.cast(data["documents"], dtype))
+    half_kw = dict(kw)
+    for k in ("hard_negative_documents", "hard_negative_queries"):
+        half_kw[k] = tf.cast(kw[k], dtype)
+    with tf.GradientTape() as tape:
+        loss = contrastive_loss(q, d, **half_kw)
+        mean = tf.reduce_mean(loss)
+    grads = tape.gradient(mean, [q, d])
+    assert all(g is not None for g in grads)
+    assert np.all(np.isfinite(loss.numpy()))
+    assert all(np.all(np.isfinite(tf.cast(g, tf.float32).numpy())) for g in grads)
+    # inputs rounded to 8 (bfloat16) or 11 (float16) mantissa bits, logits scaled by 100
+    tol = 0.5 if dtype == tf.bfloat16 else 0.05
+    np.testing.assert_allclose(loss.numpy(), ref, atol=tol)
+
+
+def test_gradient_of_masked_entries_is_zero():
+    # The duplicate of q0's document must not receive gradient from anchor 0.
+    q = tf.Variable([[1.0, 0.0], [0.0, 1.0]])
+    d = tf.Variable([[1.0, 0.0], [0.5, 0.5]])
+    with tf.GradientTape() as tape:
+        loss = contrastive_loss(q, d, temperature=1.0, similarity="dot", same_tower="none",
+                                document_ids=[3, 3])[0]
+    grad_d = tape.gradient(loss, d).numpy()
+    np.testing.assert_array_equal(grad_d[1], [0.0, 0.0])
+    assert np.all(np.isfinite(grad_d))
+
+
+BAD = [
+    (dict(temperature=0.0), "temperature"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(temperature="hot"), "temperature"),
+    (dict(temperature=0.1, similarity="l2"), "similarity"),
+    (dict(temperature=0.1, same_tower="queries"), "same_tower"),
+    (dict(temperature=0.1, partition="sum"), "partition"),
+    (dict(temperature=0.1, same_tower="document"), "same_tower"),
+    (dict(temperature=0.1, hard_negative_queries=np.zeros((2, 1, 2))), "hard_negative_queries"),
+    (dict(temperature=0.1, partition="joint", bidirectional=True, dual_weight=0.1), "dual_weight"),
+    (dict(temperature=0.1, dual_weight=-1.0), "dual_weight"),
+    (dict(temperature=0.1, bidirectional="yes"), "bidirectional"),
+]
+
+
+@pytest.mark.parametrize("kwargs,name", BAD)
+def test_bad_options_raise(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        contrastive_loss(np.ones((2, 2)), np.ones((2, 2)), **kwargs)
+
+
+@pytest.mark.parametrize("q_shape,d_shape,extra,name", [
+    ((2, 3), (2, 4), {}, "dimension"),
+    ((2, 3), (3, 3), {}, "batch size"),
+    ((2, 3, 1), (2, 3), {}, "queries"),
+    ((2, 3), (2, 3), {"hard_negative_documents": np.ones((2, 3))}, "hard_negative_documents"),
+    ((2, 3), (2, 3), {"hard_negative_documents": np.ones((3, 1, 3))}, "hard_negative_documents"),
+    ((2, 3), (2, 3), {"hard_negative_documents": np.ones((2, 1, 4))}, "hard_negative_documents"),
+    ((2, 3), (2, 3), {"document_ids": [1, 2, 3]}, "document_ids"),
+    ((2, 3), (2, 3), {"query_ids": [[1, 2]]}, "query_ids"),
+])
+def test_bad_shapes_raise(q_shape, d_shape, extra, name):
+    with pytest.raises(ValueError, match=name):
+        contrastive_loss(np.ones(q_shape), np.ones(d_shape), temperature=0.1, **extra)
+
+
+# ---- the Keras Loss ----------------------------------------------------------------------
+
+def _y_pred(data):
+    return np.concatenate([data["queries"][:, None], data["documents"][:, None],
+                           data["hard_negative_documents"], data["hard_negative_queries"]],
+                          axis=1).astype(np.float32)
+
+
+def test_keras_loss_is_mean_of_per_example_losses_with_layout():
+    data = _data(6)
+    y_true = np.stack([data["query_ids"], data["document_ids"]], axis=1).astype(np.float32)
+    loss = SamToNeLoss(temperature=0.2, same_tower="both", bidirectional=True,
+                       dual_weight=0.5, num_hard_negative_queries=H, mask_duplicates=True)
+    expected = reference_loss(
+        data["queries"], data["documents"], temperature=0.2, same_tower="both",
+        bidirectional=True, dual_weight=0.5,
+        hard_negative_documents=data["hard_negative_documents"],
+        hard_negative_queries=data["hard_negative_queries"],
+        query_ids=data["query_ids"], document_ids=data["document_ids"]).mean()
+    assert float(loss(y_true, _y_pred(data))) == pytest.approx(expected, rel=1e-5)
+    # without mask_duplicates the ids are ignored, which changes the value here
+    unmasked = SamToNeLoss(temperature=0.2, same_tower="both", bidirectional=True,
+                           dual_weight=0.5, num_hard_negative_queries=H)
+    assert float(unmasked(y_true, _y_pred(data))) != pytest.approx(expected, rel=1e-3)
+
+
+def test_keras_loss_all_extra_slots_are_hard_documents_by_default():
+    data = _data(7)
+    y_pred = _y_pred(data)  # 2 + 2 * H slots, all extra ones hard-negative documents
+    loss = SamToNeLoss(temperature=0.2)(np.zeros((B, 2), np.float32), y_pred)
+    expected = reference_loss(
+        data["queries"], data["documents"], temperature=0.2,
+        hard_negative_documents=np.concatenate(
+            [data["hard_negative_documents"], data["hard_negative_queries"]], axis=1)).mean()
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_keras_loss_config_round_trip():
+    loss = SamToNeLoss(temperature=0.07, similarity="dot", same_tower="both", bidirectional=True,
+                       dual_weight=1.0, partition="joint", num_hard_negative_queries=1,
+                       mask_duplicates=True, name="my_loss")
+    config = loss.get_config()
+    clone = SamToNeLoss.from_config(config)
+    assert clone.get_config() == config
+    for key, value in dict(temperature=0.07, similarity="dot", same_tower="both",
+                           bidirectional=True, partition="joint", num_hard_negative_queries=1,
+                           mask_duplicates=True, name="my_loss").items():
+        assert config[key] == value
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(restored, SamToNeLoss) and restored.get_config() == config
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(num_hard_negative_queries=-1), "num_hard_negative_queries"),
+    (dict(num_hard_negative_queries=1), "hard_negative_queries"),
+    (dict(same_tower="document"), "same_tower"),
+    (dict(temperature=0), "temperature"),
+])
+def test_keras_loss_bad_options(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        SamToNeLoss(**kwargs)
+
+
+def test_keras_loss_bad_y_pred():
+    with pytest.raises(ValueError, match="y_pred"):
+        SamToNeLoss()(np.zeros((2, 2)), np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="slots"):
+        SamToNeLoss(bidirectional=True, num_hard_negative_queries=2)(
+            np.zeros((2, 2)), np.zeros((2, 3, 4), np.float32))
+
+
+def test_import_does_not_touch_keras_switch():
+    import os
+    import subprocess
+    import sys
+    code = ("import os; before = os.environ.get('TF_USE_LEGACY_KERAS'); import samtone_tf; "
+            "print(repr(before), repr(os.environ.get('TF_USE_LEGACY_KERAS')), "
+            "samtone_tf.KERAS_VERSION)")
+    for value in (None, "1"):
+        env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+        if value:
+            env["TF_USE_LEGACY_KERAS"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert out[0] == out[1]
+        assert out[2].startswith("2." if value else "3.")
