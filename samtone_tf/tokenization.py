@@ -214,6 +214,8 @@ class BertTextTokenizer(tf.Module):
         ragged = self._bert_tokenizer.tokenize(texts)  # [B, (words), (pieces)]
         return ragged.merge_dims(-2, -1)
 
+    # Control flow below is on static shapes only; AutoGraph conversion would just be slow.
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, texts):
         texts = tf.convert_to_tensor(texts, dtype=tf.string)
         rank = texts.shape.rank
