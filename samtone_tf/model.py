@@ -1,6 +1,7 @@
 """The dual-encoder model: query and document towers to stacked embeddings for the loss."""
 
 import math
+import os
 
 import tensorflow as tf
 
@@ -30,6 +31,13 @@ def _deserialize(config):
     if config is None or isinstance(config, keras.layers.Layer):
         return config
     return keras.utils.deserialize_keras_object(config)
+
+
+def _make_encoder(spec, argument):
+    try:
+        return make_encoder(spec)
+    except ValueError as error:
+        raise ValueError(f"`{argument}`: {error}") from error
 
 
 def mean_pool(sequence, padding_mask):
@@ -183,7 +191,7 @@ class DualEncoder(keras.Model):
             document_encoder = _deserialize(document_encoder)
 
         query_spec = query_encoder
-        query_encoder = make_encoder(query_encoder)
+        query_encoder = _make_encoder(query_encoder, "query_encoder")
         if architecture == "sde":
             if document_encoder is not None and document_encoder is not query_spec and (
                 document_encoder is not query_encoder
@@ -195,19 +203,19 @@ class DualEncoder(keras.Model):
             document_encoder = query_encoder
         else:
             if document_encoder is None:
-                if not isinstance(query_spec, str):
+                if not isinstance(query_spec, (str, os.PathLike)):
                     raise ValueError(
                         f"`document_encoder` is required for architecture={architecture!r} "
                         "unless `query_encoder` is a string spec that can be loaded twice"
                     )
-                document_encoder = make_encoder(query_spec)
+                document_encoder = _make_encoder(query_spec, "query_encoder")
             elif document_encoder is query_spec or document_encoder is query_encoder:
                 raise ValueError(
                     f"`document_encoder` must be a different encoder from `query_encoder` for "
                     f"architecture={architecture!r}; use architecture='sde' to share one"
                 )
             else:
-                document_encoder = make_encoder(document_encoder)
+                document_encoder = _make_encoder(document_encoder, "document_encoder")
             shared = {id(v) for v in query_encoder.weights} & {
                 id(v) for v in document_encoder.weights
             }
