@@ -38,12 +38,17 @@ def gather_global_batch(tensors):
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return tensors, tf.constant(0, tf.int32)
 
+    def gather(t):
+        # One collective per tensor: a nested all_gather fails under
+        # MultiWorkerMirroredStrategy, and its gradient fails for leaves of different ranks.
+        # tf.identity places tensors that come straight from the input pipeline on the
+        # replica's device (MultiWorkerMirroredStrategy refuses them otherwise).
+        return ctx.all_gather(tf.identity(t), axis=0)
+
     flat = tf.nest.flatten(tensors)
     present = [t for t in flat if t is not None]
-    local_size = tf.shape(present[0], out_type=tf.int32)[:1]
-    gathered_present, sizes = ctx.all_gather((present, local_size), axis=0)
+    sizes = gather(tf.shape(present[0], out_type=tf.int32)[:1])
     replica_id = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
     offset = tf.reduce_sum(sizes[:replica_id])
-    it = iter(gathered_present)
-    gathered_flat = [None if t is None else next(it) for t in flat]
-    return tf.nest.pack_sequence_as(tensors, gathered_flat), offset
+    gathered = [None if t is None else gather(t) for t in flat]
+    return tf.nest.pack_sequence_as(tensors, gathered), offset
