@@ -283,6 +283,36 @@ def test_config_round_trip(make_spec, architecture):
         assert clone.query_projection is clone.document_projection
 
 
+def test_weights_round_trip_after_fine_tuning(make_spec, tmp_path):
+    # TF-Hub towers reload the original SavedModel from their handle; the fine-tuned
+    # values must come back from the weights file.
+    model = _model(make_spec, "ade", "tfhub", projection_dim=DIM, learnable_temperature=True)
+    x = _inputs(hard_documents=1)
+    model(x)
+    embedding = model.query_encoder.trainable_weights[0]
+    embedding.assign(embedding + 0.5)
+    model.logit_scale.assign(2.0)
+    expected = model(x).numpy()
+    path = str(tmp_path / ("tower.weights.h5" if IS_KERAS3 else "tower.h5"))
+    model.save_weights(path)
+    clone = DualEncoder.from_config(model.get_config())
+    clone(x)
+    assert not np.allclose(clone(x).numpy(), expected, atol=1e-3)
+    clone.load_weights(path)
+    np.testing.assert_allclose(clone(x).numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.skipif(not IS_KERAS3, reason="keras-hub towers need Keras 3")
+def test_keras_file_round_trip(make_spec, tmp_path):
+    model = _model(make_spec, "ade-spl", "kerashub", projection_dim=DIM)
+    x = _inputs(hard_queries=1)
+    expected = model(x).numpy()
+    model.save(str(tmp_path / "model.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "model.keras"))
+    assert isinstance(loaded, DualEncoder) and loaded.architecture == "ade-spl"
+    np.testing.assert_allclose(loaded(x).numpy(), expected, atol=1e-6)
+
+
 @pytest.mark.skipif(not IS_KERAS3, reason="keras-hub towers need Keras 3")
 def test_kerashub_towers_wrapped(make_spec):
     model = _model(make_spec, "ade", "kerashub")
