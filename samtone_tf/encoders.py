@@ -175,14 +175,11 @@ def _variable_name(variable):
     return variable.name.split(":")[0].replace("/", "_")
 
 
-def _has_training_argument(fn):
-    import inspect
+def _has_training_argument(restored):
+    """Whether a restored SavedModel's ``__call__`` takes ``training`` (as hub checks it)."""
+    from tensorflow_hub.keras_layer import func_has_training_argument
 
-    try:
-        spec = inspect.getfullargspec(fn.__call__ if not inspect.isfunction(fn) else fn)
-    except TypeError:
-        return False
-    return "training" in spec.args or "training" in spec.kwonlyargs
+    return func_has_training_argument(restored)
 
 
 @register_serializable("TFHubEncoder")
@@ -244,7 +241,7 @@ class TFHubEncoder(keras.layers.Layer):
                 )
                 for v in self._restored.variables
             ]
-            self._call_takes_training = _has_training_argument(self._restored.__call__)
+            self._call_takes_training = _has_training_argument(self._restored)
             self.built = True
         else:
             self._hub_layer = hub.KerasLayer(handle, trainable=trainable)

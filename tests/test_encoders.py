@@ -151,6 +151,19 @@ def test_tfhub_encoder_fine_tunes(tfhub_path):
     assert not np.allclose(encoder(features).numpy(), out_before)
 
 
+def test_tfhub_encoder_passes_training_flag(tmp_path):
+    # With dropout, training=True must reach the SavedModel's training trace; a frozen
+    # (trainable=False) encoder runs in inference mode, like hub.KerasLayer.
+    path = export_tfhub_layout(tiny_backbone(seed=5, dropout=0.5), tmp_path / "dropout")
+    features = _features()
+    encoder = TFHubEncoder(path)
+    inference = encoder(features, training=False).numpy()
+    np.testing.assert_allclose(encoder(features, training=False).numpy(), inference)
+    assert not np.allclose(encoder(features, training=True).numpy(), inference, atol=1e-3)
+    frozen = TFHubEncoder(path, trainable=False)
+    np.testing.assert_allclose(frozen(features, training=True).numpy(), inference, atol=1e-6)
+
+
 def test_tfhub_encoder_frozen(tfhub_path):
     encoder = TFHubEncoder(tfhub_path, trainable=False)
     assert len(encoder.trainable_weights) == 0
