@@ -298,7 +298,8 @@ class DualEncoder(keras.Model):
             tf.reshape(padding_mask, [-1, length]),
             training=training,
         )
-        return tf.reshape(flat, [batch, group, flat.shape[-1]])
+        dim = flat.shape[-1] if flat.shape[-1] is not None else tf.shape(flat)[-1]
+        return tf.reshape(flat, [batch, group, dim])
 
     def encode_queries(self, features, training=None):
         """``{"token_ids", "padding_mask"}`` [B, Lq] -> query embeddings [B, dim]."""
