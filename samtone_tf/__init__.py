@@ -10,3 +10,7 @@ __version__ = "0.1.0"
 from samtone_tf._keras import IS_KERAS3, KERAS_VERSION
 from samtone_tf.distribute import gather_global_batch
 from samtone_tf.losses import SamToNeLoss, contrastive_loss
+from samtone_tf.model import DualEncoder, mean_pool
+from samtone_tf.encoders import KerasHubEncoder, TFHubEncoder, export_tfhub_layout, make_encoder
+from samtone_tf.tokenization import BertTextTokenizer
+from samtone_tf.strategy import get_strategy
