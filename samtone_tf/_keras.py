@@ -8,7 +8,12 @@ never changes it.
 import tensorflow as tf
 
 keras = tf.keras
-KERAS_VERSION = keras.__version__
+try:
+    KERAS_VERSION = keras.__version__
+except AttributeError:  # tf_keras's tf.keras API module has no __version__
+    import tf_keras
+
+    KERAS_VERSION = tf_keras.__version__
 IS_KERAS3 = int(KERAS_VERSION.split(".")[0]) >= 3
 
 
