@@ -350,6 +350,8 @@ def make_encoder(spec, **kwargs):
 
     Args:
         spec: one of
+            * ``"pretrained:<name>"`` (e.g. ``"pretrained:minilm-l6"``) -> the offline
+              pretrained encoder of ``samtone_tf.pretrained``, converted once and cached;
             * a keras-hub backbone object -> ``KerasHubEncoder(spec)`` (Keras 3 only);
             * ``"kerashub:<preset name or folder>"`` -> ``KerasHubEncoder.from_preset``
               (Keras 3 only);
@@ -366,6 +368,10 @@ def make_encoder(spec, **kwargs):
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if isinstance(spec, str):
+        if spec.startswith("pretrained:"):
+            from samtone_tf.pretrained import pretrained_encoder
+
+            return pretrained_encoder(spec, **kwargs)
         if spec.startswith(KERASHUB_PREFIX):
             return KerasHubEncoder.from_preset(spec[len(KERASHUB_PREFIX):], **kwargs)
         if spec.startswith(TFHUB_PREFIX):
@@ -373,7 +379,7 @@ def make_encoder(spec, **kwargs):
         if spec.startswith(("http://", "https://")) or _looks_like_saved_model(spec):
             return TFHubEncoder(spec, **kwargs)
         raise ValueError(
-            f"`spec`={spec!r} is neither 'kerashub:<preset or folder>', 'tfhub:<handle>', a "
+            f"`spec`={spec!r} is neither 'pretrained:<name>', 'kerashub:<preset or folder>', 'tfhub:<handle>', a "
             "TF-Hub handle URL, nor a folder holding a SavedModel (saved_model.pb)"
         )
     if _is_keras_hub_object(spec):

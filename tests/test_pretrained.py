@@ -407,3 +407,17 @@ def test_tfhub_backend_in_keras3(converted, reference):
 def test_kerashub_backend_refused_in_keras2(converted):
     with pytest.raises(RuntimeError, match="backend='tfhub'"):
         converted.encoder_spec("kerashub")
+
+
+def test_make_encoder_accepts_the_pretrained_spec(converted, monkeypatch):
+    from samtone_tf.encoders import KerasHubEncoder, TFHubEncoder, make_encoder
+
+    original = pretrained.pretrained_cache_dir
+    monkeypatch.setattr(pretrained, "pretrained_cache_dir",
+                        lambda name="minilm-l6", cache_dir=None: original(name, converted.cache_dir))
+    before = pretrained.conversion_count()
+    encoder = make_encoder("pretrained:minilm-l6")
+    assert isinstance(encoder, KerasHubEncoder if IS_KERAS3 else TFHubEncoder)
+    assert pretrained.conversion_count() == before  # the cached conversion is reused
+    with pytest.raises(ValueError, match="minilm"):
+        make_encoder("pretrained:no-such-model")
