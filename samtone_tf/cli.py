@@ -1,8 +1,11 @@
-"""The ``samtone-tf`` command line."""
+"""The ``samtone-tf`` command line: ``train``, ``evaluate``, ``export``, ``info``."""
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
+import time
 
 
 def _info(args):
@@ -27,21 +30,160 @@ def _info(args):
     return 0
 
 
+def _write_json(path, payload):
+    if path:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+
+
+def _evaluate(args):
+    from samtone_tf import evaluation
+
+    split = args.split or ("test" if args.format == "beir" else "all")
+    corpus, queries, qrels = evaluation.load_eval_data(
+        args.data, args.format, split, dev_fraction=args.dev_fraction, seed=args.seed)
+    query_fn, doc_fn = evaluation.text_encoders(
+        args.model, batch_size=args.batch_size, query_max_length=args.query_max_length,
+        document_max_length=args.document_max_length)
+    started = time.time()
+    metrics = evaluation.evaluate_retrieval(query_fn, doc_fn, corpus, queries, qrels,
+                                            batch_size=args.batch_size,
+                                            progress=not args.quiet)
+    seconds = time.time() - started
+    print(f"{args.model} on {args.data} ({args.format}, split {split}), {seconds:.0f} s")
+    print(evaluation.format_metrics(metrics))
+    _write_json(args.output, dict(metrics, model=args.model, data=os.path.abspath(args.data),
+                                  format=args.format, split=split,
+                                  seconds=round(seconds, 1)))
+    return 0
+
+
+def _export(args):
+    import samtone_tf
+    from samtone_tf.export import export_dual_encoder, export_index
+
+    if not args.model.startswith("pretrained:"):
+        raise SystemExit("samtone-tf export: --model must be 'pretrained:<name>' (a trained "
+                         "model is exported by `samtone-tf train` into <output_dir>/export).")
+    from samtone_tf import pretrained
+
+    query_tok, doc_tok, spec = pretrained.dual_encoder_components(
+        args.model[len("pretrained:"):], query_max_length=args.query_max_length,
+        document_max_length=args.document_max_length)
+    model = samtone_tf.DualEncoder(spec, architecture="sde", pooling="mean")
+    path = export_dual_encoder(model, query_tok, doc_tok, args.output, overwrite=args.overwrite)
+    print(f"wrote {path} (signatures: query_encoder, document_encoder; input `text`)")
+    if args.index_data:
+        from samtone_tf import evaluation
+
+        corpus, _, _ = evaluation.load_eval_data(args.index_data, args.format,
+                                                 args.split or ("test" if args.format == "beir" else "all"))
+        index_dir = args.index_output or os.path.join(args.output, "..",
+                                                      os.path.basename(args.output) + "_index")
+        index_path = export_index(path, list(corpus), list(corpus.values()), index_dir,
+                                  k=args.k, batch_size=args.batch_size, overwrite=args.overwrite)
+        print(f"wrote {index_path} ({len(corpus)} documents, top-{args.k} for raw-string queries)")
+    return 0
+
+
+def _train(args):
+    from samtone_tf.training import TrainConfig, train
+
+    config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    overrides = {}
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(args, field.name, None)
+        if value is not None:
+            overrides[field.name] = value
+    config = dataclasses.replace(config, **overrides)
+    summary = train(config, verbose=0 if args.quiet else 1)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    return 0
+
+
+def _bool(text):
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _add_train_flags(parser):
+    from samtone_tf.training import TrainConfig
+
+    types = {bool: _bool, int: int, float: float, str: str}
+    for field in dataclasses.fields(TrainConfig):
+        kind = type(field.default) if field.default is not None else (
+            int if "int" in str(field.type) else str)
+        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name,
+                            type=types.get(kind, str), default=None,
+                            help=f"(default {field.default!r})")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="samtone-tf",
         description="Train, evaluate and export dual-encoder retrievers with SamToNe / DANCE "
                     "contrastive losses.")
     sub = parser.add_subparsers(dest="command", required=True)
+
     info = sub.add_parser("info", help="versions, Keras generation and devices in use")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=_info)
+
+    ev = sub.add_parser("evaluate", help="exact whole-corpus retrieval metrics")
+    ev.add_argument("--model", required=True,
+                    help="'pretrained:minilm-l6' or a SavedModel folder from `export`/`train`")
+    ev.add_argument("--data", required=True, help="BEIR folder or SQuAD v1.1 JSON file")
+    ev.add_argument("--format", required=True, choices=["beir", "squad"])
+    ev.add_argument("--split", default=None,
+                    help="BEIR qrels split (default test); squad: all (default), train or dev")
+    ev.add_argument("--dev-fraction", type=float, default=0.2,
+                    help="squad train/dev split by article (default 0.2)")
+    ev.add_argument("--seed", type=int, default=0, help="squad split seed (default 0)")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--query-max-length", type=int, default=None,
+                    help="pretrained models only (default: the model's, 256)")
+    ev.add_argument("--document-max-length", type=int, default=None,
+                    help="pretrained models only (default: the model's, 256)")
+    ev.add_argument("--output", default=None, help="write the metrics as JSON here")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=_evaluate)
+
+    ex = sub.add_parser("export", help="SavedModel with raw-string query/document signatures")
+    ex.add_argument("--model", required=True, help="'pretrained:minilm-l6'")
+    ex.add_argument("--output", required=True, help="SavedModel folder to create")
+    ex.add_argument("--query-max-length", type=int, default=64)
+    ex.add_argument("--document-max-length", type=int, default=256)
+    ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("--index-data", default=None,
+                    help="also export a top-k index over this corpus (BEIR folder or SQuAD JSON)")
+    ex.add_argument("--format", default="beir", choices=["beir", "squad"])
+    ex.add_argument("--split", default=None)
+    ex.add_argument("--index-output", default=None)
+    ex.add_argument("--k", type=int, default=100)
+    ex.add_argument("--batch-size", type=int, default=64)
+    ex.set_defaults(func=_export)
+
+    tr = sub.add_parser("train", help="fine-tune, evaluate and export (config file + flags)")
+    tr.add_argument("--config", default=None, help="JSON file of TrainConfig settings")
+    tr.add_argument("--quiet", action="store_true")
+    _add_train_flags(tr)
+    tr.set_defaults(func=_train)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
+        print(f"samtone-tf {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

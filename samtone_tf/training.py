@@ -1,0 +1,284 @@
+"""One training run from a configuration: data -> tokenised pairs -> DualEncoder + loss ->
+``model.fit`` (with checkpoints and TensorBoard logs) -> evaluation -> SavedModel export.
+
+This is what ``samtone-tf train`` runs; everything it does is available as library calls.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Optional
+
+LOSS_KEYS = ("temperature", "similarity", "same_tower", "bidirectional", "dual_weight",
+             "partition", "mask_duplicates")
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of a training run (the JSON config file holds any subset of these)."""
+
+    # data
+    data: str = ""
+    format: str = "beir"                 # beir | squad
+    train_split: str = "train"           # BEIR qrels split to train on
+    eval_split: str = "test"             # BEIR qrels split to evaluate on
+    dev_fraction: float = 0.2            # squad: articles held out for evaluation
+    data_seed: int = 0
+    max_train_pairs: Optional[int] = None
+    # model
+    encoder: str = "pretrained:minilm-l6"
+    vocab: Optional[str] = None          # WordPiece vocab for non-pretrained encoders
+    architecture: str = "sde"            # sde | ade | ade-spl
+    projection_dim: Optional[int] = None
+    pooling: str = "mean"
+    query_max_length: int = 32
+    document_max_length: int = 128
+    learnable_temperature: bool = False
+    # loss
+    temperature: float = 0.05
+    similarity: str = "cosine"
+    same_tower: str = "query"
+    bidirectional: bool = False
+    dual_weight: float = 1.0
+    partition: str = "separate"
+    mask_duplicates: bool = True
+    # optimisation
+    batch_size: int = 32
+    epochs: int = 1
+    steps_per_epoch: Optional[int] = None
+    learning_rate: float = 2e-5
+    schedule: str = "linear"             # constant | linear (warmup + decay) | cosine
+    warmup_steps: int = 0
+    seed: int = 0
+    # infrastructure
+    strategy: str = "auto"               # auto | default | cpu:N (N logical CPU replicas)
+    output_dir: str = "runs/latest"
+    checkpoints: bool = True             # BackupAndRestore + best-effort weights per epoch
+    tensorboard: bool = True
+    evaluate: bool = True
+    eval_batch_size: int = 64
+    export: bool = True
+
+    @classmethod
+    def from_file(cls, path):
+        with open(path, encoding="utf-8") as f:
+            try:
+                raw = json.load(f)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}: not valid JSON ({error}).") from error
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: the config must be a JSON object.")
+        return cls.from_dict(raw, source=path)
+
+    @classmethod
+    def from_dict(cls, raw, source="config"):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown setting(s) {unknown}; known: {sorted(names)}.")
+        return cls(**raw)
+
+    def validate(self):
+        from samtone_tf.losses import validate_loss_options
+
+        if not self.data:
+            raise ValueError("`data` is required (a BEIR folder or a SQuAD JSON file).")
+        if self.format not in ("beir", "squad"):
+            raise ValueError(f"`format` must be 'beir' or 'squad', got {self.format!r}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}.")
+        for name in ("batch_size", "epochs", "query_max_length", "document_max_length",
+                     "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"`steps_per_epoch` must be >= 1, got {self.steps_per_epoch!r}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}.")
+        if self.warmup_steps < 0:
+            raise ValueError(f"`warmup_steps` must be >= 0, got {self.warmup_steps!r}.")
+        if not (self.strategy in ("auto", "default") or self.strategy.startswith("cpu:")):
+            raise ValueError(f"`strategy` must be 'auto', 'default' or 'cpu:N', got {self.strategy!r}.")
+        validate_loss_options(temperature=self.temperature, similarity=self.similarity,
+                              same_tower=self.same_tower, bidirectional=self.bidirectional,
+                              dual_weight=self.dual_weight, partition=self.partition)
+        if not self.encoder.startswith("pretrained:") and not self.vocab:
+            raise ValueError("`vocab` (a WordPiece vocab.txt) is required for encoder "
+                             f"{self.encoder!r}; only 'pretrained:<name>' brings its own.")
+
+
+def make_strategy(spec):
+    """``auto``: :func:`samtone_tf.strategy.get_strategy`; ``default``: no distribution;
+    ``cpu:N``: MirroredStrategy over N logical CPU devices (must run before TF initialises)."""
+    import tensorflow as tf
+
+    from samtone_tf import strategy as strategy_lib
+
+    if spec == "default":
+        return tf.distribute.get_strategy()
+    if spec.startswith("cpu:"):
+        return strategy_lib.get_strategy(num_cpu_replicas=int(spec[4:]))
+    return strategy_lib.get_strategy()
+
+
+def learning_rate_schedule(config, total_steps):
+    """Constant, or linear warmup followed by linear / cosine decay to 0 over ``total_steps``."""
+    if config.schedule == "constant" and not config.warmup_steps:
+        return config.learning_rate
+    return WarmupDecay(config.learning_rate, total_steps, config.warmup_steps, config.schedule)
+
+
+def _make_schedule_class():
+    import tensorflow as tf
+
+    from samtone_tf._keras import keras, register_serializable
+
+    @register_serializable("WarmupDecay")
+    class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+        """Linear warmup to ``peak`` over ``warmup_steps``, then ``kind`` decay to 0."""
+
+        def __init__(self, peak, total_steps, warmup_steps=0, kind="linear"):
+            self.peak = float(peak)
+            self.total_steps = int(total_steps)
+            self.warmup_steps = int(warmup_steps)
+            self.kind = kind
+
+        def __call__(self, step):
+            step = tf.cast(step, tf.float32)
+            warm = tf.cast(max(self.warmup_steps, 1), tf.float32)
+            decay_len = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
+            progress = tf.clip_by_value((step - self.warmup_steps) / decay_len, 0.0, 1.0)
+            if self.kind == "cosine":
+                decayed = 0.5 * (1.0 + tf.cos(math.pi * progress))
+            elif self.kind == "linear":
+                decayed = 1.0 - progress
+            else:
+                decayed = tf.ones_like(progress)
+            warmup = tf.minimum(1.0, (step + 1.0) / warm) if self.warmup_steps else 1.0
+            return self.peak * warmup * decayed
+
+        def get_config(self):
+            return dict(peak=self.peak, total_steps=self.total_steps,
+                        warmup_steps=self.warmup_steps, kind=self.kind)
+
+    return WarmupDecay
+
+
+WarmupDecay = _make_schedule_class()
+
+
+def _load_training_data(config):
+    """``(train_pairs, (corpus, queries, qrels) for evaluation)``."""
+    from samtone_tf import data as data_lib
+    from samtone_tf import evaluation, reqa
+
+    if config.format == "beir":
+        corpus, queries, qrels = data_lib.load_beir(config.data, config.train_split)
+        pairs = data_lib.training_pairs_from_qrels(corpus, queries, qrels)
+        eval_data = (evaluation.load_eval_data(config.data, "beir", config.eval_split)
+                     if config.evaluate else None)
+    else:
+        train_json, dev_json = reqa.split_by_article(config.data, config.dev_fraction,
+                                                     config.data_seed)
+        corpus, queries, qrels = reqa.build_reqa(train_json)
+        pairs = data_lib.training_pairs_from_qrels(corpus, queries, qrels)
+        eval_data = reqa.build_reqa(dev_json) if config.evaluate else None
+    if config.max_train_pairs:
+        pairs = pairs[:config.max_train_pairs]
+    return pairs, eval_data
+
+
+def _tokenizers(config):
+    if config.encoder.startswith("pretrained:"):
+        from samtone_tf import pretrained
+
+        return pretrained.dual_encoder_components(
+            config.encoder[len("pretrained:"):], query_max_length=config.query_max_length,
+            document_max_length=config.document_max_length)
+    from samtone_tf.tokenization import BertTextTokenizer
+
+    return (BertTextTokenizer(config.vocab, config.query_max_length),
+            BertTextTokenizer(config.vocab, config.document_max_length), config.encoder)
+
+
+def train(config, *, strategy=None, verbose=1):
+    """Runs ``config`` end to end; returns a dict of what happened (also written to
+    ``<output_dir>/summary.json``)."""
+    config.validate()
+    strategy = strategy or make_strategy(config.strategy)
+
+    import tensorflow as tf
+
+    import samtone_tf
+    from samtone_tf import data as data_lib
+    from samtone_tf import evaluation
+    from samtone_tf._keras import keras
+
+    os.makedirs(config.output_dir, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    pairs, eval_data = _load_training_data(config)
+    query_tok, doc_tok, encoder_spec = _tokenizers(config)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(f"`batch_size` {config.batch_size} is not divisible by the "
+                         f"{replicas} replicas of the strategy.")
+    dataset = data_lib.make_pair_dataset(pairs, (query_tok, doc_tok), config.batch_size,
+                                         shuffle=True, seed=config.seed,
+                                         repeat=config.steps_per_epoch is not None)
+    steps_per_epoch = config.steps_per_epoch or len(pairs) // config.batch_size
+    total_steps = steps_per_epoch * config.epochs
+
+    with strategy.scope():
+        model = samtone_tf.DualEncoder(
+            encoder_spec, architecture=config.architecture, projection_dim=config.projection_dim,
+            pooling=config.pooling, learnable_temperature=config.learnable_temperature,
+            initial_temperature=config.temperature)
+        loss_kwargs = {k: getattr(config, k) for k in LOSS_KEYS}
+        if config.learnable_temperature:
+            loss_kwargs.update(similarity="dot", temperature=1.0)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate_schedule(config, total_steps)),
+            loss=samtone_tf.SamToNeLoss(**loss_kwargs))
+        # Build the variables now: BackupAndRestore needs a built model before fit.
+        sample_features, _ = next(iter(dataset.take(1)))
+        model(sample_features)
+
+    callbacks = []
+    if config.checkpoints:
+        callbacks.append(keras.callbacks.BackupAndRestore(
+            os.path.join(config.output_dir, "backup")))
+    if config.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.output_dir, "logs")))
+
+    summary = {"config": dataclasses.asdict(config), "train_pairs": len(pairs),
+               "replicas": replicas, "steps": total_steps,
+               "keras": samtone_tf.KERAS_VERSION}
+    started = time.time()
+    history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                        callbacks=callbacks, verbose=verbose)
+    summary["train_seconds"] = round(time.time() - started, 1)
+    summary["loss_history"] = [float(x) for x in history.history["loss"]]
+    if config.checkpoints:
+        model.save_weights(os.path.join(config.output_dir, "final.weights.h5"))
+
+    if config.evaluate and eval_data is not None:
+        corpus, queries, qrels = eval_data
+        query_fn, doc_fn = evaluation.dual_encoder_fns(model, query_tok, doc_tok)
+        started = time.time()
+        summary["metrics"] = evaluation.evaluate_retrieval(
+            query_fn, doc_fn, corpus, queries, qrels, batch_size=config.eval_batch_size,
+            progress=bool(verbose))
+        summary["eval_seconds"] = round(time.time() - started, 1)
+    if config.export:
+        from samtone_tf.export import export_dual_encoder
+
+        summary["export_dir"] = export_dual_encoder(
+            model, query_tok, doc_tok, os.path.join(config.output_dir, "export"),
+            overwrite=True)
+    with open(os.path.join(config.output_dir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    return summary
