@@ -14,3 +14,5 @@ from samtone_tf.model import DualEncoder, mean_pool
 from samtone_tf.encoders import KerasHubEncoder, TFHubEncoder, export_tfhub_layout, make_encoder
 from samtone_tf.tokenization import BertTextTokenizer
 from samtone_tf.strategy import get_strategy
+from samtone_tf.export import export_dual_encoder, export_index, load_exported
+from samtone_tf.retrieval import evaluate_run, search
