@@ -259,7 +259,8 @@ def train(config, *, strategy=None, verbose=1):
                "keras": samtone_tf.KERAS_VERSION}
     started = time.time()
     history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                        callbacks=callbacks, verbose=verbose)
+                        callbacks=callbacks, verbose=verbose,
+                        shuffle=False)  # the dataset shuffles (deterministically, by seed)
     summary["train_seconds"] = round(time.time() - started, 1)
     summary["loss_history"] = [float(x) for x in history.history["loss"]]
     if config.checkpoints:
