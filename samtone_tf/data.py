@@ -35,32 +35,45 @@ def _json_id(value, path, line_no, field="_id"):
     return value
 
 
+def _text_lines(path):
+    """Yields (line_no, line) of a UTF-8 text file; bytes that are not UTF-8 are an error
+    naming the file and line (not a bare UnicodeDecodeError from deep inside a loop)."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                yield line_no, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{path}, line {line_no}: not valid UTF-8 (byte {raw[e.start]:#04x} at "
+                    f"column {e.start + 1})."
+                ) from e
+
+
 def _read_jsonl(path, required, optional=()):
     """Yields (line_no, record) with validated string fields."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"BEIR file {path!r} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {line_no}: malformed JSON ({e.msg}).") from e
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}, line {line_no}: expected a JSON object.")
-            for field in required:
-                if field not in record:
-                    raise ValueError(f"{path}, line {line_no}: missing field {field!r}.")
-            for field in tuple(required[1:]) + tuple(optional):
-                value = record.get(field, "")
-                if value is None:
-                    record[field] = ""
-                elif not isinstance(value, str):
-                    raise ValueError(
-                        f"{path}, line {line_no}: field {field!r} must be a string, got {value!r}."
-                    )
-            yield line_no, record
+    for line_no, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {line_no}: malformed JSON ({e.msg}).") from e
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {line_no}: expected a JSON object.")
+        for field in required:
+            if field not in record:
+                raise ValueError(f"{path}, line {line_no}: missing field {field!r}.")
+        for field in tuple(required[1:]) + tuple(optional):
+            value = record.get(field, "")
+            if value is None:
+                record[field] = ""
+            elif not isinstance(value, str):
+                raise ValueError(
+                    f"{path}, line {line_no}: field {field!r} must be a string, got {value!r}."
+                )
+        yield line_no, record
 
 
 def _load_corpus(path):
@@ -73,7 +86,10 @@ def _load_corpus(path):
                 f"{path}, line {line_no}: duplicate document id {doc_id!r} (first on line {lines[doc_id]})."
             )
         title = rec.get("title") or ""
-        corpus[doc_id] = (title + " " + rec["text"]).strip()
+        text = (title + " " + rec["text"]).strip()
+        if not text:
+            raise ValueError(f"{path}, line {line_no}: document {doc_id!r} has an empty title and text.")
+        corpus[doc_id] = text
         lines[doc_id] = line_no
     return corpus
 
@@ -87,6 +103,8 @@ def _load_queries(path):
             raise ValueError(
                 f"{path}, line {line_no}: duplicate query id {qid!r} (first on line {lines[qid]})."
             )
+        if not rec["text"].strip():
+            raise ValueError(f"{path}, line {line_no}: query {qid!r} has an empty text.")
         queries[qid] = rec["text"]
         lines[qid] = line_no
     return queries
@@ -96,37 +114,36 @@ def _load_qrels(path, corpus, queries, strict):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"BEIR qrels file {path!r} does not exist.")
     qrels = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if line_no == 1 and tuple(c.strip().lower() for c in cols) == _QRELS_HEADER:
-                continue
-            if len(cols) != 3:
-                raise ValueError(
-                    f"{path}, line {line_no}: expected 3 tab-separated columns "
-                    f"(query-id, corpus-id, score), got {len(cols)}: {line!r}."
-                )
-            qid, doc_id, score = (c.strip() for c in cols)
-            try:
-                score = int(score)
-            except ValueError:
-                raise ValueError(f"{path}, line {line_no}: score {score!r} is not an integer.") from None
-            unknown = []
-            if qid not in queries:
-                unknown.append(f"query id {qid!r} not in queries.jsonl")
-            if doc_id not in corpus:
-                unknown.append(f"document id {doc_id!r} not in corpus.jsonl")
-            if unknown:
-                if strict:
-                    raise ValueError(f"{path}, line {line_no}: " + "; ".join(unknown) + ".")
-                continue
-            judged = qrels.setdefault(qid, {})
-            if doc_id in judged:
-                raise ValueError(f"{path}, line {line_no}: duplicate judgment ({qid!r}, {doc_id!r}).")
-            judged[doc_id] = score
+    for line_no, line in _text_lines(path):
+        line = line.rstrip("\n").rstrip("\r")
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if line_no == 1 and tuple(c.strip().lower() for c in cols) == _QRELS_HEADER:
+            continue
+        if len(cols) != 3:
+            raise ValueError(
+                f"{path}, line {line_no}: expected 3 tab-separated columns "
+                f"(query-id, corpus-id, score), got {len(cols)}: {line!r}."
+            )
+        qid, doc_id, score = (c.strip() for c in cols)
+        try:
+            score = int(score)
+        except ValueError:
+            raise ValueError(f"{path}, line {line_no}: score {score!r} is not an integer.") from None
+        unknown = []
+        if qid not in queries:
+            unknown.append(f"query id {qid!r} not in queries.jsonl")
+        if doc_id not in corpus:
+            unknown.append(f"document id {doc_id!r} not in corpus.jsonl")
+        if unknown:
+            if strict:
+                raise ValueError(f"{path}, line {line_no}: " + "; ".join(unknown) + ".")
+            continue
+        judged = qrels.setdefault(qid, {})
+        if doc_id in judged:
+            raise ValueError(f"{path}, line {line_no}: duplicate judgment ({qid!r}, {doc_id!r}).")
+        judged[doc_id] = score
     return qrels
 
 

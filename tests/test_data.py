@@ -98,11 +98,29 @@ def test_load_beir_small_and_pairs(tmp_path):
          r"train\.tsv, line 6: score 'high' is not an integer"),
         (GOOD_CORPUS, [json.dumps({"_id": "q1", "text": 5})], GOOD_QRELS,
          r"queries\.jsonl, line 1: field 'text' must be a string"),
+        (GOOD_CORPUS, GOOD_QUERIES[:1] + [json.dumps({"_id": "q2", "text": "  "})], GOOD_QRELS,
+         r"queries\.jsonl, line 2: query 'q2' has an empty text"),
+        (GOOD_CORPUS + [json.dumps({"_id": "d4", "title": "", "text": ""})], GOOD_QUERIES,
+         GOOD_QRELS, r"corpus\.jsonl, line 4: document 'd4' has an empty title and text"),
     ],
 )
 def test_load_beir_errors_name_file_and_line(tmp_path, corpus, queries, qrels, message):
     root = _write_beir(tmp_path, corpus, queries, qrels)
     with pytest.raises(ValueError, match=message):
+        load_beir(root, "train")
+
+
+@pytest.mark.parametrize("name, line", [("corpus.jsonl", 2), ("queries.jsonl", 1),
+                                        (os.path.join("qrels", "train.tsv"), 3)])
+def test_load_beir_non_utf8_bytes_name_file_and_line(tmp_path, name, line):
+    root = _write_beir(tmp_path, GOOD_CORPUS, GOOD_QUERIES, GOOD_QRELS)
+    path = os.path.join(root, name)
+    with open(path, "rb") as f:
+        rows = f.read().split(b"\n")
+    rows[line - 1] = rows[line - 1].replace(b"d", b"\xff", 1)  # a byte UTF-8 never uses
+    with open(path, "wb") as f:
+        f.write(b"\n".join(rows))
+    with pytest.raises(ValueError, match=rf"{os.path.basename(name)}, line {line}: not valid UTF-8"):
         load_beir(root, "train")
 
 
