@@ -59,6 +59,7 @@ class TrainConfig:
     checkpoints: bool = True             # BackupAndRestore + best-effort weights per epoch
     tensorboard: bool = True
     evaluate: bool = True
+    evaluate_before: bool = True         # also evaluate the untrained model (zero-shot)
     eval_batch_size: int = 64
     export: bool = True
 
@@ -257,6 +258,17 @@ def train(config, *, strategy=None, verbose=1):
     summary = {"config": dataclasses.asdict(config), "train_pairs": len(pairs),
                "replicas": replicas, "steps": total_steps,
                "keras": samtone_tf.KERAS_VERSION}
+    def run_evaluation(key):
+        corpus, queries, qrels = eval_data
+        query_fn, doc_fn = evaluation.dual_encoder_fns(model, query_tok, doc_tok)
+        started = time.time()
+        summary[key] = evaluation.evaluate_retrieval(
+            query_fn, doc_fn, corpus, queries, qrels, batch_size=config.eval_batch_size,
+            progress=bool(verbose))
+        summary[key + "_seconds"] = round(time.time() - started, 1)
+
+    if config.evaluate and config.evaluate_before and eval_data is not None:
+        run_evaluation("metrics_before")
     started = time.time()
     history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                         callbacks=callbacks, verbose=verbose,
@@ -267,13 +279,7 @@ def train(config, *, strategy=None, verbose=1):
         model.save_weights(os.path.join(config.output_dir, "final.weights.h5"))
 
     if config.evaluate and eval_data is not None:
-        corpus, queries, qrels = eval_data
-        query_fn, doc_fn = evaluation.dual_encoder_fns(model, query_tok, doc_tok)
-        started = time.time()
-        summary["metrics"] = evaluation.evaluate_retrieval(
-            query_fn, doc_fn, corpus, queries, qrels, batch_size=config.eval_batch_size,
-            progress=bool(verbose))
-        summary["eval_seconds"] = round(time.time() - started, 1)
+        run_evaluation("metrics")
     if config.export:
         from samtone_tf.export import export_dual_encoder
 

@@ -75,6 +75,9 @@ def test_train_writes_summary_metrics_and_export(trained):
     assert summary["config"]["architecture"] == "ade-spl"     # the file's setting is kept
     assert summary["train_pairs"] > 96                         # more judgments than queries
     assert summary["metrics"]["num_queries"] == 40
+    # evaluated before training too, on the same held-out queries; training moved the numbers
+    assert summary["metrics_before"]["num_queries"] == 40
+    assert summary["metrics_before"]["ndcg@10"] != summary["metrics"]["ndcg@10"]
     assert set(retrieval.METRIC_KEYS) <= set(summary["metrics"])
     assert os.path.isfile(os.path.join(summary["export_dir"], "saved_model.pb"))
     assert os.path.isfile(run_dir / "final.weights.h5")
