@@ -31,7 +31,6 @@ def small_beir(tmp_path_factory):
     with open(root / "corpus.jsonl", "w") as f:
         for d in corpus:
             if d in keep:
-                title, _, text = corpus[d].partition(" ")
                 f.write(json.dumps({"_id": d, "title": "", "text": corpus[d]}) + "\n")
     with open(root / "queries.jsonl", "w") as f:
         for q in train_q + test_q:
