@@ -38,10 +38,15 @@ def _write_json(path, payload):
             json.dump(payload, f, indent=2)
 
 
+def _split(args):
+    """The split named on the command line, else the format's default (BEIR test, ReQA all)."""
+    return args.split or ("test" if args.format == "beir" else "all")
+
+
 def _evaluate(args):
     from samtone_tf import evaluation
 
-    split = args.split or ("test" if args.format == "beir" else "all")
+    split = _split(args)
     corpus, queries, qrels = evaluation.load_eval_data(
         args.data, args.format, split, dev_fraction=args.dev_fraction, seed=args.seed)
     query_fn, doc_fn = evaluation.text_encoders(
@@ -78,8 +83,7 @@ def _export(args):
     if args.index_data:
         from samtone_tf import evaluation
 
-        corpus, _, _ = evaluation.load_eval_data(args.index_data, args.format,
-                                                 args.split or ("test" if args.format == "beir" else "all"))
+        corpus, _, _ = evaluation.load_eval_data(args.index_data, args.format, _split(args))
         index_dir = args.index_output or os.path.join(args.output, "..",
                                                       os.path.basename(args.output) + "_index")
         index_path = export_index(path, list(corpus), list(corpus.values()), index_dir,
