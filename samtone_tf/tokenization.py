@@ -13,7 +13,6 @@ import os
 import unicodedata
 
 import tensorflow as tf
-import tensorflow_text as tf_text
 
 __all__ = [
     "BertTextTokenizer",
@@ -26,6 +25,20 @@ __all__ = [
 REQUIRED_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 #: Special tokens written first, in this order, by :func:`build_wordpiece_vocab`.
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+def _tf_text():
+    """``tensorflow_text``, imported on first use so that ``import samtone_tf`` (and with it
+    :func:`samtone_tf.load_exported`'s clear message) works where it is not installed."""
+    try:
+        import tensorflow_text
+    except ImportError as error:
+        minor = ".".join(tf.__version__.split(".")[:2])
+        raise ImportError(
+            "Tokenising text needs the `tensorflow-text` package (its WordPiece and UTF-8 "
+            f"normalisation ops). Install the release matching TensorFlow {tf.__version__}, "
+            f"e.g. `pip install \"tensorflow-text=={minor}.*\"`.") from error
+    return tensorflow_text
+
 
 # Normalisation of the all-MiniLM-L6-v2 / uncased-BERT checkpoint tokenizer (HF
 # `BertNormalizer`: clean_text, lowercase, strip_accents), replayed with RE2 / ICU ops.
@@ -68,7 +81,7 @@ def normalize_text(texts, lower_case=True, strip_accents=None):
         texts = tf.strings.regex_replace(texts, "\u03a3", "\u03c3")
         texts = tf.strings.lower(texts, encoding="utf-8")
     if strip_accents:
-        texts = tf_text.normalize_utf8(texts, "NFD")
+        texts = _tf_text().normalize_utf8(texts, "NFD")
         texts = tf.strings.regex_replace(texts, _MARK_RE, "")
     return texts
 
@@ -181,7 +194,7 @@ class BertTextTokenizer(tf.Module):
             value_index=tf.lookup.TextFileIndex.LINE_NUMBER,
         )
         self.vocab_table = tf.lookup.StaticHashTable(initializer, default_value=-1)
-        self._bert_tokenizer = tf_text.BertTokenizer(
+        self._bert_tokenizer = _tf_text().BertTokenizer(
             self.vocab_table,
             token_out_type=tf.int64,
             unknown_token="[UNK]",

@@ -260,6 +260,27 @@ def test_loading_without_tensorflow_text_fails_clearly(exported, tmp_path):
     assert helper.returncode == 0, helper.stderr[-2000:]
     assert "IMPORT_ERROR:" in helper.stdout
     assert "tensorflow-text" in helper.stdout and "pip install" in helper.stdout
+    # 3. The package itself imports without tensorflow_text (it is needed only to tokenise),
+    #    so `samtone_tf.load_exported` gives the same message on the usual path, and building
+    #    a tokenizer names the missing package instead of failing inside TensorFlow.
+    package = _run_python(f"""
+        import sys
+        sys.modules["tensorflow_text"] = None  # as if not installed
+        import samtone_tf
+        for call in (lambda: samtone_tf.load_exported({path!r}),
+                     lambda: samtone_tf.BertTextTokenizer({path!r} + "/assets/vocab.txt", 8)):
+            try:
+                call()
+            except ImportError as error:
+                print("IMPORT_ERROR:", str(error).replace("\\n", " "))
+            else:
+                sys.exit("no ImportError")
+    """, tmp_path, name="package.py")
+    assert package.returncode == 0, package.stderr[-2000:]
+    messages = [l for l in package.stdout.splitlines() if l.startswith("IMPORT_ERROR:")]
+    assert len(messages) == 2, package.stdout
+    for message in messages:
+        assert "tensorflow-text" in message and "pip install" in message, message
 
 
 # ------------------------------------------------------------------------------ the index
