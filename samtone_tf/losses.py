@@ -4,8 +4,10 @@ Every variant is one call of :func:`contrastive_loss`; :class:`SamToNeLoss` wrap
 Keras loss for ``model.compile``.
 """
 
+import math
 import numbers
 
+import numpy as np
 import tensorflow as tf
 
 from samtone_tf._keras import IS_KERAS3, keras, register_serializable
@@ -21,21 +23,38 @@ def _check_choice(name, value, choices):
         raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
 
 
+def _check_temperature_value(value):
+    if not value > 0:
+        raise ValueError(f"`temperature` must be > 0, got {value!r}.")
+    if not math.isfinite(value):
+        raise ValueError(f"`temperature` must be finite, got {value!r}.")
+
+
 def validate_loss_options(*, temperature, similarity, same_tower, bidirectional, dual_weight,
                           partition, has_hard_negative_queries=False):
-    """Raises ``ValueError`` for option values the loss cannot honour."""
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        if not tf.is_tensor(temperature):
-            raise ValueError(f"`temperature` must be a positive number, got {temperature!r}.")
-    elif not temperature > 0:
-        raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
+    """Raises ``ValueError`` for option values the loss cannot honour.
+
+    A tensor ``temperature`` is checked when its value is known (eager or constant);
+    a symbolic one cannot be checked here.
+    """
+    if tf.is_tensor(temperature):
+        value = tf.get_static_value(temperature)
+        if value is not None:
+            if np.ndim(value) != 0:
+                raise ValueError(f"`temperature` must be a scalar, got shape {np.shape(value)}.")
+            _check_temperature_value(float(value))
+    elif isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise ValueError(f"`temperature` must be a positive number, got {temperature!r}.")
+    else:
+        _check_temperature_value(temperature)
     _check_choice("similarity", similarity, SIMILARITIES)
     _check_choice("same_tower", same_tower, SAME_TOWER)
     _check_choice("partition", partition, PARTITIONS)
     if not isinstance(bidirectional, bool):
         raise ValueError(f"`bidirectional` must be a bool, got {bidirectional!r}.")
-    if isinstance(dual_weight, bool) or not isinstance(dual_weight, numbers.Real) or dual_weight < 0:
-        raise ValueError(f"`dual_weight` must be a number >= 0, got {dual_weight!r}.")
+    if (isinstance(dual_weight, bool) or not isinstance(dual_weight, numbers.Real)
+            or not math.isfinite(dual_weight) or dual_weight < 0):
+        raise ValueError(f"`dual_weight` must be a finite number >= 0, got {dual_weight!r}.")
     if same_tower == "document" and not bidirectional:
         raise ValueError(
             '`same_tower="document"` adds document-document negatives to the document->query '
@@ -64,6 +83,14 @@ def _same_dim(name, a, b, axis_a, axis_b, what, other="queries"):
 def _validate_tensors(q, d, hd, hq, qid, did):
     _static_rank("queries", q, 2)
     _static_rank("documents", d, 2)
+    if q.shape[0] == 0:
+        raise ValueError(f"`queries` is an empty batch (shape {q.shape}); the loss needs >= 1 example.")
+    if q.shape[-1] == 0 or d.shape[-1] == 0:
+        raise ValueError(f"embeddings have dimension 0 (`queries` {q.shape}, `documents` {d.shape}).")
+    for name, x in (("queries", q), ("documents", d), ("hard_negative_documents", hd),
+                    ("hard_negative_queries", hq)):
+        if x is not None and not x.dtype.is_floating:
+            raise ValueError(f"`{name}` must be floating point, got {x.dtype.name}.")
     _same_dim("documents", d, q, -1, -1, "embedding dimension")
     _same_dim("documents", d, q, 0, 0, "batch size")
     for name, h in (("hard_negative_documents", hd), ("hard_negative_queries", hq)):
@@ -167,8 +194,6 @@ def contrastive_loss(queries, documents, *, temperature, similarity="cosine", sa
     qid = None if query_ids is None else tf.convert_to_tensor(query_ids)
     did = None if document_ids is None else tf.convert_to_tensor(document_ids)
     _validate_tensors(q, d, hd, hq, qid, did)
-    if not q.dtype.is_floating:
-        raise ValueError(f"`queries` must be floating point, got {q.dtype.name}.")
 
     dtype = _compute_dtype(q)
     q, d = tf.cast(q, dtype), tf.cast(d, dtype)
@@ -189,7 +214,14 @@ def contrastive_loss(queries, documents, *, temperature, similarity="cosine", sa
     if tf.is_tensor(temperature):
         inv_t = 1.0 / tf.cast(temperature, dtype)
     else:  # tf.cast of a Python float would round it through float32 first
-        inv_t = tf.constant(1.0 / temperature, dtype)
+        try:
+            inv = 1.0 / float(temperature)
+        except OverflowError:
+            inv = math.inf
+        if not inv <= float(dtype.max):
+            raise ValueError(f"`temperature` {temperature!r} is too small for {dtype.name}: "
+                             "1 / temperature overflows.")
+        inv_t = tf.constant(inv, dtype)
 
     def sim(a, b):
         return tf.matmul(a, b, transpose_b=True) * inv_t
@@ -233,6 +265,39 @@ def contrastive_loss(queries, documents, *, temperature, similarity="cosine", sa
     if bidirectional:
         loss += tf.constant(dual_weight, dtype) * _ce_from_parts(positive, doc_parts)
     return loss
+
+
+def _batch_matches(y_true, y_pred):
+    if (y_true.shape.rank and y_pred.shape.rank and y_true.shape[0] is not None
+            and y_pred.shape[0] is not None and y_true.shape[0] != y_pred.shape[0]):
+        raise ValueError(f"`y_true` has batch size {y_true.shape[0]} but `y_pred` has "
+                         f"{y_pred.shape[0]} (shapes {y_true.shape} and {y_pred.shape}).")
+
+
+def _checked_labels(y_true, y_pred):
+    """``y_true`` as a tensor, checked to be ``[batch, 2]`` finite (query id, document id)."""
+    if y_true is None:
+        raise ValueError("`mask_duplicates=True` needs `y_true` = [batch, 2] (query id, document id).")
+    y_true = tf.convert_to_tensor(y_true)
+    if y_true.shape.rank is not None and (y_true.shape.rank != 2 or y_true.shape[1] not in (None, 2)):
+        raise ValueError("`y_true` must be [batch, 2] (query id, document id) with "
+                         f"`mask_duplicates=True`, got shape {y_true.shape}.")
+    _batch_matches(y_true, y_pred)
+    if y_true.shape.rank is None or y_true.shape[1] is None:  # known only when it runs
+        with tf.control_dependencies([tf.debugging.assert_equal(
+                tf.shape(y_true)[-1], 2, message="`y_true` must be [batch, 2] (query id, "
+                "document id) with `mask_duplicates=True`")]):
+            y_true = tf.identity(y_true)
+    if not (y_true.dtype.is_floating or y_true.dtype.is_integer):
+        raise ValueError(f"`y_true` ids must be numbers, got {y_true.dtype.name}.")
+    if y_true.dtype.is_floating:
+        if tf.executing_eagerly():
+            if not np.all(np.isfinite(y_true.numpy())):
+                raise ValueError("`y_true` ids must be finite, got NaN or infinity.")
+        else:
+            y_true = tf.debugging.assert_all_finite(
+                y_true, "`y_true` ids must be finite (query id, document id), got NaN or infinity")
+    return y_true
 
 
 def _default_reduction():
@@ -315,7 +380,9 @@ class SamToNeLoss(keras.losses.Loss):
         self.dual_weight = float(dual_weight)
         self.partition = partition
         self.num_hard_negative_queries = int(num_hard_negative_queries)
-        self.mask_duplicates = bool(mask_duplicates)
+        if not isinstance(mask_duplicates, bool):
+            raise ValueError(f"`mask_duplicates` must be a bool, got {mask_duplicates!r}.")
+        self.mask_duplicates = mask_duplicates
 
     def call(self, y_true, y_pred):
         y_pred = tf.convert_to_tensor(y_pred)
@@ -333,8 +400,11 @@ class SamToNeLoss(keras.losses.Loss):
         has_hard_docs = slots is None or slots > 2 + hq_count
         query_ids = document_ids = None
         if self.mask_duplicates:
+            y_true = _checked_labels(y_true, y_pred)
             ids = tf.cast(tf.round(tf.cast(y_true, tf.float64)), tf.int64)
             query_ids, document_ids = ids[:, 0], ids[:, 1]
+        elif y_true is not None:
+            _batch_matches(tf.convert_to_tensor(y_true), y_pred)
         return contrastive_loss(
             queries, documents, temperature=self.temperature, similarity=self.similarity,
             same_tower=self.same_tower, bidirectional=self.bidirectional,
