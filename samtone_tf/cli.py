@@ -1,4 +1,4 @@
-"""The ``samtone-tf`` command line: ``train``, ``evaluate``, ``export``, ``info``."""
+"""The ``samtone-tf`` command line: ``train``, ``evaluate``, ``export``, ``analyze``, ``info``."""
 
 import argparse
 import dataclasses
@@ -92,6 +92,51 @@ def _export(args):
     return 0
 
 
+def _parse_model_flags(values):
+    """``["LABEL=SPEC", ...]`` -> ``{label: spec}`` (ValueError naming a malformed flag)."""
+    models = {}
+    for value in values:
+        label, sep, spec = value.partition("=")
+        label, spec = label.strip(), spec.strip()
+        if not sep or not label or not spec:
+            raise ValueError(f"--model must be LABEL=SPEC (e.g. minilm=pretrained:minilm-l6), "
+                             f"got {value!r}.")
+        if label in models:
+            raise ValueError(f"--model label {label!r} is given twice.")
+        models[label] = spec
+    return models
+
+
+def _analyze(args):
+    models = _parse_model_flags(args.model)
+    from samtone_tf import analysis, evaluation
+
+    split = _split(args)
+    corpus, queries, qrels = evaluation.load_eval_data(
+        args.data, args.format, split, dev_fraction=args.dev_fraction, seed=args.split_seed)
+    started = time.time()
+    result = analysis.analyze(
+        models, corpus, queries, qrels, args.output_dir, max_pairs=args.max_pairs,
+        seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
+        similarity=args.similarity, query_max_length=args.query_max_length,
+        document_max_length=args.document_max_length,
+        extra_config={"data": os.path.abspath(args.data), "format": args.format,
+                      "split": split})
+    seconds = time.time() - started
+    print(f"analysed {len(models)} model(s) on {result['config']['num_pairs']} pairs of "
+          f"{args.data} ({args.format}, split {split}), {seconds:.0f} s; wrote "
+          f"{os.path.join(args.output_dir, 'analysis.json')} and the figures")
+    keys = ("alignment", "uniformity_all", "anisotropy_query", "anisotropy_document",
+            "top1_similarity_median", "same_tower_ratio_median")
+    print("| model | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for label, entry in result["models"].items():
+        cells = [entry["report"][k] for k in keys]
+        print(f"| {label} | " + " | ".join("n/a" if c is None else f"{c:.4f}" for c in cells)
+              + " |")
+    return 0
+
+
 def _train(args):
     from samtone_tf.training import TrainConfig, train
 
@@ -172,6 +217,33 @@ def build_parser():
     ex.add_argument("--k", type=int, default=100)
     ex.add_argument("--batch-size", type=int, default=64)
     ex.set_defaults(func=_export)
+
+    an = sub.add_parser("analyze", help="embedding statistics and t-SNE / histogram figures "
+                                        "of one or more models on positive pairs")
+    an.add_argument("--model", required=True, action="append", metavar="LABEL=SPEC",
+                    help="repeatable; SPEC is 'pretrained:minilm-l6' or a SavedModel folder "
+                         "from `export`/`train`")
+    an.add_argument("--data", required=True, help="BEIR folder or SQuAD v1.1 JSON file")
+    an.add_argument("--format", default="beir", choices=["beir", "squad"])
+    an.add_argument("--split", default=None,
+                    help="BEIR qrels split (default test); squad: all (default), train or dev")
+    an.add_argument("--dev-fraction", type=float, default=0.2,
+                    help="squad train/dev split by article (default 0.2)")
+    an.add_argument("--split-seed", type=int, default=0, help="squad split seed (default 0)")
+    an.add_argument("--max-pairs", type=int, default=500,
+                    help="(query, positive document) pairs sampled from the qrels")
+    an.add_argument("--seed", type=int, default=0, help="pair sampling and t-SNE seed")
+    an.add_argument("--similarity", default="cosine", choices=["cosine", "dot"])
+    an.add_argument("--batch-size", type=int, default=64)
+    an.add_argument("--query-max-length", type=int, default=None,
+                    help="pretrained models only (default: the model's, 256)")
+    an.add_argument("--document-max-length", type=int, default=None,
+                    help="pretrained models only (default: the model's, 256)")
+    an.add_argument("--output-dir", required=True,
+                    help="receives tsne.png, top1_similarity.png, same_tower_ratio.png, "
+                         "analysis.json")
+    an.add_argument("--quiet", action="store_true", help="no progress bars")
+    an.set_defaults(func=_analyze)
 
     tr = sub.add_parser("train", help="fine-tune, evaluate and export (config file + flags)")
     tr.add_argument("--config", default=None, help="JSON file of TrainConfig settings")
