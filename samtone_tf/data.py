@@ -8,6 +8,7 @@ cross-replica gathering in the losses needs it.
 
 import json
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -26,12 +27,19 @@ MAX_EXACT_FLOAT32_ID = 2**24
 _QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _json_id(value, path, line_no, field="_id"):
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError(f"{path}, line {line_no}: field {field!r} must be a string, got {value!r}.")
     value = str(value)
     if not value:
         raise ValueError(f"{path}, line {line_no}: field {field!r} is empty.")
+    # qrels name ids in tab-separated, stripped columns: such an id could never be judged
+    if value != value.strip() or any(c in value for c in "\t\r\n"):
+        raise ValueError(f"{path}, line {line_no}: field {field!r} {value!r} has surrounding "
+                         "whitespace or a tab / line break, which qrels cannot name.")
     return value
 
 
@@ -40,6 +48,8 @@ def _text_lines(path):
     naming the file and line (not a bare UnicodeDecodeError from deep inside a loop)."""
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte order mark (files saved by some editors)
             try:
                 yield line_no, raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -91,6 +101,8 @@ def _load_corpus(path):
             raise ValueError(f"{path}, line {line_no}: document {doc_id!r} has an empty title and text.")
         corpus[doc_id] = text
         lines[doc_id] = line_no
+    if not corpus:
+        raise ValueError(f"{path}: no documents (the file is empty or blank).")
     return corpus
 
 
@@ -107,6 +119,8 @@ def _load_queries(path):
             raise ValueError(f"{path}, line {line_no}: query {qid!r} has an empty text.")
         queries[qid] = rec["text"]
         lines[qid] = line_no
+    if not queries:
+        raise ValueError(f"{path}: no queries (the file is empty or blank).")
     return queries
 
 
@@ -114,23 +128,29 @@ def _load_qrels(path, corpus, queries, strict):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"BEIR qrels file {path!r} does not exist.")
     qrels = {}
+    judgments = skipped = 0
     for line_no, line in _text_lines(path):
         line = line.rstrip("\n").rstrip("\r")
         if not line.strip():
             continue
         cols = line.split("\t")
-        if line_no == 1 and tuple(c.strip().lower() for c in cols) == _QRELS_HEADER:
-            continue
+        if tuple(c.strip().lower() for c in cols) == _QRELS_HEADER:
+            if line_no == 1:
+                continue
+            raise ValueError(f"{path}, line {line_no}: the header {line!r} is only allowed on line 1.")
         if len(cols) != 3:
             raise ValueError(
                 f"{path}, line {line_no}: expected 3 tab-separated columns "
                 f"(query-id, corpus-id, score), got {len(cols)}: {line!r}."
             )
         qid, doc_id, score = (c.strip() for c in cols)
-        try:
-            score = int(score)
-        except ValueError:
-            raise ValueError(f"{path}, line {line_no}: score {score!r} is not an integer.") from None
+        for what, value in (("query id", qid), ("corpus id", doc_id)):
+            if not value:
+                raise ValueError(f"{path}, line {line_no}: empty {what}: {line!r}.")
+        if not _INTEGER.fullmatch(score):  # int() would also take "1_0" and non-ASCII digits
+            raise ValueError(f"{path}, line {line_no}: score {score!r} is not an integer.")
+        score = int(score)
+        judgments += 1
         unknown = []
         if qid not in queries:
             unknown.append(f"query id {qid!r} not in queries.jsonl")
@@ -139,11 +159,17 @@ def _load_qrels(path, corpus, queries, strict):
         if unknown:
             if strict:
                 raise ValueError(f"{path}, line {line_no}: " + "; ".join(unknown) + ".")
+            skipped += 1
             continue
         judged = qrels.setdefault(qid, {})
         if doc_id in judged:
             raise ValueError(f"{path}, line {line_no}: duplicate judgment ({qid!r}, {doc_id!r}).")
         judged[doc_id] = score
+    if not judgments:
+        raise ValueError(f"{path}: no judgments (the file is empty or has only a header).")
+    if not qrels:
+        raise ValueError(f"{path}: all {skipped} judgments name ids that are not in "
+                         "queries.jsonl / corpus.jsonl (skipped with strict=False).")
     return qrels
 
 
@@ -167,8 +193,11 @@ def load_beir(directory, split, *, strict=True):
 
     Raises:
       FileNotFoundError: a file is missing.
-      ValueError: malformed JSON, missing/ill-typed fields, duplicate ids, malformed or
-        unknown-id qrels lines; the message names the file and the line number.
+      ValueError: malformed JSON, missing/ill-typed fields, duplicate ids, ids with
+        surrounding whitespace, malformed or unknown-id qrels lines, a file without any
+        record (or, with ``strict=False``, without any judgment left); the message names
+        the file and the line number. A UTF-8 byte order mark at the start of a file is
+        ignored.
 
     Example (BEIR SciFact): 5,183 documents, 1,109 queries, ``train`` qrels with 809
     queries and 919 judgments.

@@ -34,9 +34,11 @@ Choices (deterministic; all documented here and in the functions):
   get identical embeddings, so keeping copies would make "which copy is relevant"
   a coin flip in the metrics. ``deduplicate=False`` keeps every occurrence.
 * **Malformed input**: structural problems (not a SQuAD object, missing or ill-typed
-  fields, duplicate question ids) always raise ``ValueError`` naming the file and the
-  location (``data[3].paragraphs[2].qas[5]``). Answer problems (``answer_start`` out
-  of range, answer text not at ``answer_start``, no answers) raise too with
+  fields, no articles, an empty question, duplicate question ids) always raise
+  ``ValueError`` naming the file and the location (``data[3].paragraphs[2].qas[5]``,
+  indices of the original file also after :func:`split_by_article`). Answer problems
+  (``answer_start`` out of range, answer text empty or not at ``answer_start``, no
+  answers) raise too with
   ``strict=True`` (default); with ``strict=False`` the answer / question is skipped,
   counted in :class:`ReQAStats`, and a warning gives the counts. Nothing is dropped
   silently.
@@ -55,6 +57,7 @@ from typing import Dict, List, Tuple
 __all__ = [
     "ABBREVIATIONS",
     "ARTICLE_INDEX_KEY",
+    "SOURCE_KEY",
     "ReQAData",
     "ReQAStats",
     "build_reqa",
@@ -75,6 +78,10 @@ ABBREVIATIONS = frozenset(
 
 #: Key that :func:`split_by_article` adds to each article: its index in the original file.
 ARTICLE_INDEX_KEY = "reqa_article_index"
+
+#: Top-level key that :func:`split_by_article` adds when it read a file: the file's path,
+#: so that :func:`build_reqa`'s errors on a split still name the file.
+SOURCE_KEY = "reqa_source"
 
 _BOUNDARY = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(\s+)(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
 _WORD_BEFORE = re.compile(r"(\S+)$")
@@ -180,18 +187,26 @@ def load_squad_json(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"SQuAD file {path!r} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg}).") from e
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")  # a leading byte order mark is ignored
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}: not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start}, "
+                         f"line {line}).") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg}).") from e
 
 
 def _source_and_json(squad_json):
     if isinstance(squad_json, (str, os.PathLike)):
         path = os.fspath(squad_json)
         return path, load_squad_json(path)
-    return "<SQuAD JSON>", squad_json
+    source = squad_json.get(SOURCE_KEY) if isinstance(squad_json, dict) else None
+    return (source if isinstance(source, str) else "<SQuAD JSON>"), squad_json
 
 
 def _field(obj, key, kind, where, source):
@@ -208,7 +223,20 @@ def _field(obj, key, kind, where, source):
 
 def _articles(data, source):
     data = _field(data, "data", list, "top level", source)
+    if not data:
+        raise ValueError(f"{source}: 'data' is empty (no articles).")
     return data
+
+
+def _article_index(article, position, source):
+    """The article's index in the original file (``ARTICLE_INDEX_KEY`` after a split)."""
+    if not isinstance(article, dict) or ARTICLE_INDEX_KEY not in article:
+        return position
+    index = article[ARTICLE_INDEX_KEY]
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"{source}: data[{position}].{ARTICLE_INDEX_KEY} must be an int >= 0, "
+                         f"got {index!r:.80}.")
+    return index
 
 
 def build_reqa(squad_json, *, deduplicate=True, strict=True):
@@ -244,8 +272,8 @@ def build_reqa(squad_json, *, deduplicate=True, strict=True):
     question_where: Dict[str, str] = {}
 
     for position, article in enumerate(_articles(data, source)):
-        where_a = f"data[{position}]"
-        article_index = article.get(ARTICLE_INDEX_KEY, position) if isinstance(article, dict) else position
+        article_index = _article_index(article, position, source)
+        where_a = f"data[{article_index}]"  # the location in the original file
         paragraphs = _field(article, "paragraphs", list, where_a, source)
         stats.articles += 1
         for p_idx, para in enumerate(paragraphs):
@@ -278,6 +306,8 @@ def build_reqa(squad_json, *, deduplicate=True, strict=True):
                 qid = _field(qa, "id", (str, int), where_q, source)
                 qid = str(qid)
                 question = _field(qa, "question", str, where_q, source)
+                if not question.strip():
+                    raise ValueError(f"{source}: {where_q}.question is empty.")
                 answers = _field(qa, "answers", list, where_q, source)
                 stats.questions += 1
                 if qid in question_where:
@@ -300,6 +330,11 @@ def build_reqa(squad_json, *, deduplicate=True, strict=True):
                             f"{source}: {where_k} (question {qid!r}): answer_start {start} with "
                             f"{len(text)} characters is outside the context of {len(context)} characters."
                         )
+                        continue
+                    if not text.strip():  # it would "match" anywhere and locate nothing
+                        stats.answers_text_mismatch += 1
+                        problems.append(f"{source}: {where_k} (question {qid!r}): answer text "
+                                        f"{text!r} is empty or only whitespace.")
                         continue
                     if context[start : start + len(text)] != text:
                         stats.answers_text_mismatch += 1
@@ -366,6 +401,9 @@ def split_by_article(squad_json, dev_fraction, seed):
     """
     source, data = _source_and_json(squad_json)
     articles = _articles(data, source)
+    for i, article in enumerate(articles):
+        if not isinstance(article, dict):
+            raise ValueError(f"{source}: data[{i}] must be a JSON object, got {type(article).__name__}.")
     if isinstance(dev_fraction, bool) or not isinstance(dev_fraction, (int, float)) or not 0 < dev_fraction < 1:
         raise ValueError(f"dev_fraction must be a number in (0, 1), got {dev_fraction!r}.")
     n = len(articles)
@@ -378,11 +416,12 @@ def split_by_article(squad_json, dev_fraction, seed):
 
     def subset(indices: List[int]):
         out = {k: v for k, v in data.items() if k != "data"}
+        if source != "<SQuAD JSON>":
+            out[SOURCE_KEY] = source
         out["data"] = []
         for i in indices:
             article = copy.deepcopy(articles[i])
-            if isinstance(article, dict):
-                article.setdefault(ARTICLE_INDEX_KEY, i)
+            article.setdefault(ARTICLE_INDEX_KEY, i)
             out["data"].append(article)
         return out
 
