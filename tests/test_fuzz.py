@@ -298,3 +298,262 @@ def test_non_finite_embeddings_never_give_a_finite_loss(case, where, value, data
     target[index] = value
     got = contrastive_loss(q, d, **kwargs).numpy()
     assert not np.all(np.isfinite(got))
+
+
+# ============================================================================ BEIR files
+
+_ID_TEXT = st.text(alphabet="abcdefghij XYZ\u00e9\u4e2d?.", min_size=1, max_size=10).filter(
+    lambda t: t.strip())
+
+
+@st.composite
+def beir_sets(draw):
+    """A valid small BEIR data set as file lines, and what loading it must give."""
+    n_docs, n_queries = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    corpus_lines, corpus = [], {}
+    for i in range(n_docs):
+        record = {"_id": 100 + i if draw(st.booleans()) else f"d{i}", "text": draw(_ID_TEXT)}
+        title = draw(st.one_of(st.none(), st.just(""), _ID_TEXT, st.just(None).map(lambda _: 0)))
+        if title != 0:  # 0: no title field
+            record["title"] = title
+        corpus_lines.append(json.dumps(record, ensure_ascii=draw(st.booleans())))
+        corpus[str(record["_id"])] = ((record.get("title") or "") + " " + record["text"]).strip()
+    query_lines, queries = [], {}
+    for i in range(n_queries):
+        record = {"_id": f"q{i}", "text": draw(_ID_TEXT)}
+        query_lines.append(json.dumps(record))
+        queries[record["_id"]] = record["text"]
+    judged = draw(st.lists(st.tuples(st.sampled_from(list(queries)), st.sampled_from(list(corpus))),
+                           min_size=1, max_size=5, unique=True))
+    qrels, qrels_lines = {}, []
+    header = draw(st.booleans())
+    if header:
+        qrels_lines.append("query-id\tcorpus-id\tscore")
+    for qid, doc_id in judged:
+        score = draw(st.integers(-1, 2))
+        qrels.setdefault(qid, {})[doc_id] = score
+        qrels_lines.append(f"{qid}\t{doc_id}\t{score}")
+    return dict(corpus=corpus_lines, queries=query_lines, qrels=qrels_lines, header=header,
+                expected=(corpus, queries, qrels))
+
+
+FILE_NAMES = {"corpus": "corpus.jsonl", "queries": "queries.jsonl",
+              "qrels": os.path.join("qrels", "train.tsv")}
+
+
+def _write_lines(root, files):
+    os.makedirs(os.path.join(root, "qrels"), exist_ok=True)
+    for key, name in FILE_NAMES.items():
+        content = files[key]
+        if isinstance(content, list):
+            content = "".join(line + "\n" for line in content).encode("utf-8")
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(content)
+
+
+def _error(name, line, message, kind=ValueError):
+    where = re.escape(name) + (f", line {line}:" if line else ":")
+    return ("error", kind, where + ".*" + message)
+
+
+BEIR_MUTATIONS = [
+    "broken_json", "drop_field", "bad_text_type", "null_or_blank_text", "bad_id_type",
+    "duplicate", "blank_lines", "bom", "empty_file", "not_object", "space_id", "crlf",
+    "bad_utf8", "no_header", "delimiter", "column_count", "bad_score", "unknown_id",
+    "duplicate_judgment", "late_header", "empty_qrels", "empty_qrels_id", "missing_file",
+]
+
+
+@st.composite
+def beir_mutations(draw, kind):
+    """(files, expectation): one malformation (or harmless change) of a valid set."""
+    s = draw(beir_sets())
+    corpus, queries, qrels = copy.deepcopy(s["expected"])
+    files = {k: list(s[k]) for k in FILE_NAMES}
+    strict = draw(st.booleans())
+    target = draw(st.sampled_from(["corpus", "queries"]))
+    name = FILE_NAMES[target]
+    lines = files[target]
+    k = draw(st.integers(0, len(lines) - 1))
+    record = json.loads(lines[k])
+    judgment_lines = list(range(1 if s["header"] else 0, len(files["qrels"])))
+    j = draw(st.sampled_from(judgment_lines))
+    jcols = files["qrels"][j].split("\t")
+    qname = FILE_NAMES["qrels"]
+    ok = ("ok", (corpus, queries, qrels))
+
+    if kind == "broken_json":
+        lines[k] = lines[k][:draw(st.integers(1, len(lines[k]) - 1))]
+        return files, strict, _error(name, k + 1, "malformed JSON")
+    if kind == "drop_field":
+        field = draw(st.sampled_from(["_id", "text"]))
+        del record[field]
+        lines[k] = json.dumps(record)
+        return files, strict, _error(name, k + 1, f"missing field '{field}'")
+    if kind == "bad_text_type":
+        field = draw(st.sampled_from(["text", "title"] if target == "corpus" else ["text"]))
+        record[field] = draw(st.sampled_from([5, 1.5, True, [], ["a"], {"a": 1}]))
+        lines[k] = json.dumps(record)
+        return files, strict, _error(name, k + 1, f"field '{field}' must be a string")
+    if kind == "null_or_blank_text":
+        record["text"] = draw(st.sampled_from([None, "", "  ", "\t"]))
+        lines[k] = json.dumps(record)
+        rid = str(record["_id"])
+        if target == "queries":
+            return files, strict, _error(name, k + 1, f"query '{rid}' has an empty text")
+        title = (record.get("title") or "").strip()
+        if not title:
+            return files, strict, _error(name, k + 1, f"document '{rid}' has an empty title and text")
+        corpus[rid] = ((record.get("title") or "") + " " + (record["text"] or "")).strip()
+        return files, strict, ok
+    if kind == "bad_id_type":
+        record["_id"] = draw(st.sampled_from([None, 1.5, True, [1], {"a": 1}]))
+        lines[k] = json.dumps(record)
+        return files, strict, _error(name, k + 1, "field '_id' must be a string")
+    if kind == "duplicate":
+        lines.append(lines[k])
+        what = "document" if target == "corpus" else "query"
+        return files, strict, _error(name, len(lines), f"duplicate {what} id .*first on line {k + 1}")
+    if kind == "blank_lines":
+        for _ in range(draw(st.integers(1, 3))):
+            lines.insert(draw(st.integers(0, len(lines))), draw(st.sampled_from(["", "  ", "\t"])))
+        return files, strict, ok
+    if kind == "bom":
+        target = draw(st.sampled_from(list(FILE_NAMES)))
+        files[target] = [("\ufeff" + files[target][0])] + files[target][1:]
+        return files, strict, ok
+    if kind == "empty_file":
+        files[target] = draw(st.sampled_from([[], [""], ["", "  "]]))
+        what = "documents" if target == "corpus" else "queries"
+        return files, strict, _error(name, None, f"no {what}")
+    if kind == "not_object":
+        lines[k] = draw(st.sampled_from(["[1, 2]", '"text"', "3", "null"]))
+        return files, strict, _error(name, k + 1, "expected a JSON object")
+    if kind == "space_id":
+        record["_id"] = draw(st.sampled_from([" ", "\t"])) + str(record["_id"])
+        lines[k] = json.dumps(record)
+        return files, strict, _error(name, k + 1, "surrounding whitespace")
+    if kind == "crlf":
+        for key in FILE_NAMES:
+            files[key] = [line + "\r" for line in files[key]]
+        return files, strict, ok
+    if kind == "bad_utf8":
+        raw = [line.encode("utf-8") for line in lines]
+        raw[k] = raw[k][:1] + b"\xff" + raw[k][1:]
+        files[target] = b"".join(r + b"\n" for r in raw)
+        return files, strict, _error(name, k + 1, "not valid UTF-8")
+    if kind == "no_header":
+        if s["header"]:
+            files["qrels"] = files["qrels"][1:]
+        return files, strict, ok
+    if kind == "delimiter":
+        files["qrels"][j] = files["qrels"][j].replace("\t", draw(st.sampled_from([",", " ", ";", "  "])))
+        return files, strict, _error(qname, j + 1, "expected 3 tab-separated columns")
+    if kind == "column_count":
+        cols = jcols[:draw(st.integers(1, 2))] if draw(st.booleans()) else jcols + ["0"]
+        files["qrels"][j] = "\t".join(cols)
+        return files, strict, _error(qname, j + 1, "expected 3 tab-separated columns")
+    if kind == "bad_score":
+        jcols[2] = draw(st.sampled_from(["1.5", "x", "", "1e3", "1_0", "\u0663", "one", "2.0"]))
+        files["qrels"][j] = "\t".join(jcols)
+        return files, strict, _error(qname, j + 1, "score .* is not an integer")
+    if kind == "unknown_id":
+        column = draw(st.sampled_from([0, 1]))
+        old_q, old_d = jcols[0], jcols[1]
+        jcols[column] = "zz" if column == 0 else "nope"
+        files["qrels"][j] = "\t".join(jcols)
+        if strict:
+            what = "query id 'zz' not in queries" if column == 0 else "document id 'nope' not in corpus"
+            return files, strict, _error(qname, j + 1, what)
+        del qrels[old_q][old_d]
+        if not qrels[old_q]:
+            del qrels[old_q]
+        if not qrels:
+            return files, strict, _error(qname, None, "all 1 judgments name ids")
+        return files, strict, ok
+    if kind == "duplicate_judgment":
+        files["qrels"].append(files["qrels"][j])
+        return files, strict, _error(qname, len(files["qrels"]), "duplicate judgment")
+    if kind == "late_header":
+        files["qrels"].append("query-id\tcorpus-id\tscore")
+        return files, strict, _error(qname, len(files["qrels"]), "header .* only allowed on line 1")
+    if kind == "empty_qrels":
+        files["qrels"] = draw(st.sampled_from([[], ["query-id\tcorpus-id\tscore"], ["", " "]]))
+        return files, strict, _error(qname, None, "no judgments")
+    if kind == "empty_qrels_id":
+        jcols[draw(st.sampled_from([0, 1]))] = draw(st.sampled_from(["", " "]))
+        files["qrels"][j] = "\t".join(jcols)
+        return files, strict, _error(qname, j + 1, "empty (query|corpus) id")
+    assert kind == "missing_file"
+    target = draw(st.sampled_from(list(FILE_NAMES)))
+    files[target] = None
+    return files, strict, ("error", FileNotFoundError, re.escape(FILE_NAMES[target]))
+
+
+def _expected_pairs(corpus, queries, qrels):
+    return [(q, queries[q], d, corpus[d]) for q, judged in qrels.items()
+            for d, score in judged.items() if score > 0]
+
+
+def _check_beir(root, strict, expectation):
+    if expectation[0] == "ok":
+        corpus, queries, qrels = load_beir(root, "train", strict=strict)
+        assert (corpus, queries, qrels) == expectation[1]
+        assert list(corpus) == list(expectation[1][0])  # file order
+        assert list(qrels) == list(expectation[1][2])
+        assert training_pairs_from_qrels(corpus, queries, qrels) == _expected_pairs(*expectation[1])
+        if strict:
+            e_corpus, e_queries, e_qrels = load_eval_data(root, "beir", "train")
+            assert (e_corpus, e_qrels) == (corpus, qrels)
+            assert e_queries == {q: queries[q] for q in qrels}
+        return
+    _, kind, pattern = expectation
+    with pytest.raises(kind, match=pattern) as info:
+        load_beir(root, "train", strict=strict)
+    assert type(info.value) is kind
+    if strict:
+        with pytest.raises(kind, match=pattern):
+            load_eval_data(root, "beir", "train")
+
+
+@pytest.mark.parametrize("kind", BEIR_MUTATIONS)
+@_settings(7)
+@given(data=st.data())
+def test_beir_mutations_load_correctly_or_name_file_and_line(kind, data):
+    files, strict, expectation = data.draw(beir_mutations(kind))
+    with tempfile.TemporaryDirectory() as root:
+        present = {k: v for k, v in files.items() if v is not None}
+        _write_lines(root, {**{k: [] for k in FILE_NAMES}, **present})
+        for key, content in files.items():
+            if content is None:
+                os.remove(os.path.join(root, FILE_NAMES[key]))
+        _check_beir(root, strict, expectation)
+
+
+def _hash_tokenizer(texts):
+    ids = tf.strings.to_hash_bucket_fast(tf.reshape(texts, [-1, 1]), 2**20)
+    return {"token_ids": ids, "padding_mask": tf.ones_like(ids)}
+
+
+@_settings(8)
+@given(s=beir_sets())
+def test_pair_dataset_from_generated_files(s):
+    with tempfile.TemporaryDirectory() as root:
+        _write_lines(root, s)
+        pairs = training_pairs_from_qrels(*load_beir(root, "train"))
+    assert pairs == _expected_pairs(*s["expected"])
+    if not pairs:  # every judgment <= 0
+        with pytest.raises(ValueError, match="batch_size=1 exceeds the 0 pairs"):
+            make_pair_dataset(pairs, _hash_tokenizer, 1)
+        return
+    with pytest.raises(ValueError, match=f"batch_size={len(pairs) + 1} exceeds the {len(pairs)} pairs"):
+        make_pair_dataset(pairs, _hash_tokenizer, len(pairs) + 1)
+    features, labels = next(iter(make_pair_dataset(pairs, _hash_tokenizer, len(pairs), shuffle=False)))
+    q_index, d_index = {}, {}
+    for qid, _, did, _ in pairs:
+        q_index.setdefault(qid, len(q_index))
+        d_index.setdefault(did, len(d_index))
+    np.testing.assert_array_equal(labels.numpy(), [[q_index[p[0]], d_index[p[2]]] for p in pairs])
+    for side, column in (("query", 1), ("document", 3)):
+        expected = _hash_tokenizer(tf.constant([p[column] for p in pairs]))["token_ids"]
+        np.testing.assert_array_equal(features[f"{side}_token_ids"].numpy(), expected.numpy())
