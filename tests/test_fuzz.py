@@ -557,3 +557,198 @@ def test_pair_dataset_from_generated_files(s):
     for side, column in (("query", 1), ("document", 3)):
         expected = _hash_tokenizer(tf.constant([p[column] for p in pairs]))["token_ids"]
         np.testing.assert_array_equal(features[f"{side}_token_ids"].numpy(), expected.numpy())
+
+
+# =========================================================================== SQuAD files
+
+_WORDS = ["apple", "river", "stone", "cloud", "green", "table", "music", "light"]
+
+
+@st.composite
+def squad_sets(draw):
+    """A valid small SQuAD v1.1 object whose sentences (capitalised words ending in '.')
+    the splitter must find exactly; questions point at a word of a sentence."""
+    articles, qid = [], 0
+    for a in range(draw(st.integers(2, 4))):
+        paragraphs = []
+        for _ in range(draw(st.integers(1, 2))):
+            sentences = [" ".join(w.capitalize() if i == 0 else w for i, w in enumerate(
+                draw(st.lists(st.sampled_from(_WORDS), min_size=1, max_size=3)))) + "."
+                for _ in range(draw(st.integers(1, 3)))]
+            context = " ".join(sentences)
+            starts = [sum(len(x) + 1 for x in sentences[:i]) for i in range(len(sentences))]
+            qas = []
+            for _ in range(draw(st.integers(0, 2))):
+                s = draw(st.integers(0, len(sentences) - 1))
+                word = sentences[s].split()[0].rstrip(".")
+                qas.append({"id": f"id{qid}", "question": f"which {word}?",
+                            "answers": [{"text": word, "answer_start": starts[s]}]})
+                qid += 1
+            paragraphs.append({"context": context, "qas": qas})
+        articles.append({"title": f"A{a}", "paragraphs": paragraphs})
+    return {"version": "1.1", "data": articles}
+
+
+def _reqa_oracle(articles):
+    """(corpus, queries, qrels) of (original index, article) pairs, from the construction."""
+    corpus, queries, qrels, first = {}, {}, {}, {}
+    for a, article in articles:
+        for p, para in enumerate(article["paragraphs"]):
+            ids, starts, pos = [], [], 0
+            for s, sentence in enumerate(para["context"].split(". ")):
+                sentence = sentence if sentence.endswith(".") else sentence + "."
+                cid = first.setdefault(sentence, f"{a}-{p}-{s}")
+                corpus.setdefault(cid, sentence)
+                ids.append(cid)
+                starts.append(pos)
+                pos += len(sentence) + 1
+            for qa in para["qas"]:
+                start = qa["answers"][0]["answer_start"]
+                queries[qa["id"]] = qa["question"]
+                qrels[qa["id"]] = {ids[max(i for i, x in enumerate(starts) if x <= start)]: 1}
+    return corpus, queries, qrels
+
+
+SQUAD_MUTATIONS = ["missing_key", "wrong_type", "answer_out_of_range", "answer_mismatch",
+                   "empty_answers", "duplicate_qid", "empty_data", "empty_article",
+                   "top_level_list", "broken_json", "bom", "empty_question", "valid"]
+
+
+@st.composite
+def squad_mutations(draw, kind):
+    """(raw file bytes, strict, original article index of the problem or None,
+    expectation for the whole file) for one malformation of a valid SQuAD object."""
+    data = draw(squad_sets())
+    original = copy.deepcopy(data)
+    strict = draw(st.booleans())
+    articles = data["data"]
+    base = _reqa_oracle(list(enumerate(original["data"])))
+    with_qas = [(a, p, q) for a, art in enumerate(articles) for p, para in enumerate(art["paragraphs"])
+                for q in range(len(para["qas"]))]
+    a = draw(st.integers(0, len(articles) - 1))
+    ok = lambda: ("ok", _reqa_oracle(list(enumerate(articles))), False)  # noqa: E731
+    if kind in ("answer_out_of_range", "answer_mismatch", "empty_answers", "duplicate_qid",
+                "empty_question") or (kind in ("missing_key", "wrong_type") and with_qas
+                                      and draw(st.booleans())):
+        assume(with_qas)
+        a, p, q = draw(st.sampled_from(with_qas))
+        qa = articles[a]["paragraphs"][p]["qas"][q]
+        where = f"data[{a}].paragraphs[{p}].qas[{q}]"
+        if kind in ("missing_key", "wrong_type"):
+            key = draw(st.sampled_from(["id", "question", "answers", "text", "answer_start"]))
+            obj = qa if key in ("id", "question", "answers") else qa["answers"][0]
+            where += "" if obj is qa else ".answers[0]"
+            if kind == "missing_key":
+                del obj[key]
+                return data, strict, a, ("error", re.escape(where) + f": missing field '{key}'"), original
+            obj[key] = {"id": 1.5, "question": 3, "answers": {}, "text": None,
+                        "answer_start": "0"}[key]
+            return data, strict, a, ("error", re.escape(f"{where}.{key} must be")), original
+        if kind == "duplicate_qid":
+            assume(len(with_qas) > 1)
+            other = next(x for x in with_qas if x != (a, p, q))
+            first, second = sorted([other, (a, p, q)])
+            articles[second[0]]["paragraphs"][second[1]]["qas"][second[2]]["id"] = (
+                articles[first[0]]["paragraphs"][first[1]]["qas"][first[2]]["id"])
+            where = f"data[{second[0]}].paragraphs[{second[1]}].qas[{second[2]}]"
+            return data, strict, None, ("error", re.escape(where) + ": duplicate question id"), original
+        if kind == "empty_question":
+            qa["question"] = draw(st.sampled_from(["", "  "]))
+            return data, strict, a, ("error", re.escape(where + ".question is empty")), original
+        if kind == "empty_answers":
+            qa["answers"] = []
+            message = re.escape(where) + r".*no answers"
+        else:
+            answer = qa["answers"][0]
+            if kind == "answer_out_of_range":
+                answer["answer_start"] = draw(st.sampled_from(
+                    [-1, len(articles[a]["paragraphs"][p]["context"]) + 3]))
+                message = re.escape(where + ".answers[0]") + r".*outside the context"
+            else:
+                answer["text"] = draw(st.sampled_from(["zzz", "", " "]))
+                message = re.escape(where + ".answers[0]") + r".*(is not at|empty)"
+        if strict:
+            return data, strict, a, ("error", message), original
+        expected = copy.deepcopy(base)
+        del expected[1][qa["id"]], expected[2][qa["id"]]
+        return data, strict, a, ("ok", expected, True), original
+    if kind == "missing_key":
+        key = draw(st.sampled_from(["paragraphs", "context", "qas"]))
+        if key == "paragraphs":
+            del articles[a]["paragraphs"]
+            return data, strict, a, ("error", re.escape(f"data[{a}]: missing field 'paragraphs'")), original
+        del articles[a]["paragraphs"][0][key]
+        return data, strict, a, ("error", re.escape(f"data[{a}].paragraphs[0]: missing field '{key}'")), original
+    if kind == "wrong_type":
+        key = draw(st.sampled_from(["article", "paragraphs", "context", "qas"]))
+        if key == "article":
+            articles[a] = draw(st.sampled_from([[], "text", 3, None]))
+            return data, strict, None, ("error", re.escape(f"data[{a}] must be a JSON object")), original
+        if key == "paragraphs":
+            articles[a]["paragraphs"] = {}
+            return data, strict, a, ("error", re.escape(f"data[{a}].paragraphs must be list")), original
+        articles[a]["paragraphs"][0][key] = 7
+        return data, strict, a, ("error", re.escape(f"data[{a}].paragraphs[0].{key} must be")), original
+    if kind == "empty_data":
+        data["data"] = []
+        return data, strict, None, ("error", "'data' is empty"), original
+    if kind == "empty_article":
+        articles[a]["paragraphs"] = []  # a valid change: the article has no candidates
+        return data, strict, None, ok(), copy.deepcopy(data)
+    if kind == "top_level_list":
+        return articles, strict, None, ("error", "top level must be a JSON object"), original
+    if kind == "broken_json":
+        raw = json.dumps(data).encode()
+        return raw[:draw(st.integers(1, len(raw) - 1))], strict, None, ("error", "malformed JSON"), original
+    if kind == "bom":
+        return b"\xef\xbb\xbf" + json.dumps(data).encode(), strict, None, ok(), original
+    assert kind == "valid"
+    return data, strict, None, ok(), original
+
+
+def _check_reqa(build, expectation, path):
+    if expectation[0] == "error":
+        with pytest.raises(ValueError, match=re.escape(path) + ".*" + expectation[1]):
+            build()
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = build()
+    assert tuple(got) == expectation[1]
+    assert list(got[0]) == list(expectation[1][0])  # file order
+    assert any("skipped" in str(w.message) for w in caught) == expectation[2]
+
+
+@pytest.mark.parametrize("kind", SQUAD_MUTATIONS)
+@_settings(6)
+@given(data=st.data())
+def test_squad_mutations_build_correctly_or_name_file_and_location(kind, data):
+    obj, strict, bad_article, expectation, original = data.draw(squad_mutations(kind))
+    with tempfile.TemporaryDirectory() as root:
+        path = os.path.join(root, "squad.json")
+        with open(path, "wb") as f:
+            f.write(obj if isinstance(obj, bytes) else json.dumps(obj).encode())
+        _check_reqa(lambda: reqa.build_reqa(path, strict=strict), expectation, path)
+        if strict:
+            _check_reqa(lambda: load_eval_data(path, "squad", "all"), expectation, path)
+        if expectation[0] == "error" and bad_article is None:
+            # a file-level problem: splitting fails too, naming the file
+            if kind != "duplicate_qid":
+                with pytest.raises(ValueError, match=re.escape(path)):
+                    reqa.split_by_article(path, 0.5, 0)
+            return
+        parts = dict(zip(("train", "dev"), reqa.split_by_article(path, 0.5, 0)))
+        for split, part in parts.items():
+            indices = [art[reqa.ARTICLE_INDEX_KEY] for art in part["data"]]
+            if expectation[0] == "error" and bad_article in indices:
+                part_expectation = expectation
+            else:
+                corpus, queries, qrels = _reqa_oracle([(i, original["data"][i]) for i in indices])
+                skipped = expectation[0] == "ok" and expectation[2] and set(queries) - set(expectation[1][1])
+                for qid in skipped or ():
+                    del queries[qid], qrels[qid]
+                part_expectation = ("ok", (corpus, queries, qrels), bool(skipped))
+            _check_reqa(lambda part=part: reqa.build_reqa(part, strict=strict), part_expectation, path)
+            if strict:
+                _check_reqa(lambda split=split: load_eval_data(path, "squad", split, dev_fraction=0.5),
+                            part_expectation, path)
