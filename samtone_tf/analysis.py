@@ -257,14 +257,21 @@ def tsne_2d(query_emb, doc_emb, perplexity=30.0, seed=0):
       ``(coords, towers)``: ``[2n, 2]`` float64 coordinates, the queries' ``n`` rows first
       and then the documents', and ``[2n]`` strings ``"query"`` / ``"document"`` naming
       each row's tower. The perplexity is :func:`effective_perplexity` of ``2n`` points;
-      PCA initialisation and ``random_state=seed`` make it deterministic.
+      PCA initialisation, ``random_state=seed`` and a single OpenMP thread make it
+      deterministic.
     """
     q, d = _pair(query_emb, doc_emb, min_rows=2)
     manifold = _require("sklearn.manifold", "tsne_2d")
     x = np.concatenate([_normalize(q, "query_emb"), _normalize(d, "doc_emb")], axis=0)
     tsne = manifold.TSNE(n_components=2, perplexity=effective_perplexity(len(x), perplexity),
                          init="pca", learning_rate="auto", random_state=seed)
-    coords = np.asarray(tsne.fit_transform(x), dtype=np.float64)
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    # One OpenMP thread: the Barnes-Hut gradient's thread barriers spin, and on a shared or
+    # busy machine two threads were 3x slower than one for 1,000 points; one thread also
+    # makes the result independent of the machine's core count.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        coords = np.asarray(tsne.fit_transform(x), dtype=np.float64)
     towers = np.array(["query"] * len(q) + ["document"] * len(d))
     return coords, towers
 
