@@ -260,6 +260,13 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
         print(f"samtone-tf {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        from samtone_tf.resilience import NonFiniteLossError
+
+        if not isinstance(error, NonFiniteLossError):
+            raise
+        print(f"samtone-tf {args.command}: training stopped: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

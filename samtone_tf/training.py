@@ -56,7 +56,8 @@ class TrainConfig:
     # infrastructure
     strategy: str = "auto"               # auto | default | cpu:N (N logical CPU replicas)
     output_dir: str = "runs/latest"
-    checkpoints: bool = True             # BackupAndRestore + best-effort weights per epoch
+    checkpoints: bool = True             # resumable checkpoints in <output_dir>/checkpoints
+    checkpoint_every: Optional[int] = None  # steps between checkpoints (None: each epoch)
     tensorboard: bool = True
     evaluate: bool = True
     evaluate_before: bool = True         # also evaluate the untrained model (zero-shot)
@@ -96,8 +97,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"`steps_per_epoch` must be >= 1, got {self.steps_per_epoch!r}.")
+        for name in ("steps_per_epoch", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ValueError(f"`{name}` must be a positive integer or null, got {value!r}.")
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}.")
         if self.warmup_steps < 0:
@@ -216,7 +220,7 @@ def train(config, *, strategy=None, verbose=1):
 
     import samtone_tf
     from samtone_tf import data as data_lib
-    from samtone_tf import evaluation
+    from samtone_tf import evaluation, resilience
     from samtone_tf._keras import keras
 
     os.makedirs(config.output_dir, exist_ok=True)
@@ -227,9 +231,13 @@ def train(config, *, strategy=None, verbose=1):
     if config.batch_size % replicas:
         raise ValueError(f"`batch_size` {config.batch_size} is not divisible by the "
                          f"{replicas} replicas of the strategy.")
-    dataset = data_lib.make_pair_dataset(pairs, (query_tok, doc_tok), config.batch_size,
-                                         shuffle=True, seed=config.seed,
-                                         repeat=config.steps_per_epoch is not None)
+
+    def make_dataset():
+        # A fresh dataset replays the same batches (see resilience.fit_resumable).
+        return data_lib.make_pair_dataset(pairs, (query_tok, doc_tok), config.batch_size,
+                                          shuffle=True, seed=config.seed, repeat=True)
+
+    dataset = make_dataset()
     steps_per_epoch = config.steps_per_epoch or len(pairs) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
 
@@ -244,14 +252,11 @@ def train(config, *, strategy=None, verbose=1):
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate_schedule(config, total_steps)),
             loss=samtone_tf.SamToNeLoss(**loss_kwargs))
-        # Build the variables now: BackupAndRestore needs a built model before fit.
+        # Build the variables now: checkpoints are restored into a built model.
         sample_features, _ = next(iter(dataset.take(1)))
         model(sample_features)
 
     callbacks = []
-    if config.checkpoints:
-        callbacks.append(keras.callbacks.BackupAndRestore(
-            os.path.join(config.output_dir, "backup")))
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.output_dir, "logs")))
 
@@ -270,11 +275,23 @@ def train(config, *, strategy=None, verbose=1):
     if config.evaluate and config.evaluate_before and eval_data is not None:
         run_evaluation("metrics_before")
     started = time.time()
-    history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                        callbacks=callbacks, verbose=verbose,
-                        shuffle=False)  # the dataset shuffles (deterministically, by seed)
+    if config.checkpoints:
+        # Restarting the same command after a crash or kill resumes from the last
+        # checkpoint and ends with the weights of an uninterrupted run.
+        outcome = resilience.fit_resumable(
+            model, make_dataset, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+            checkpoint_dir=os.path.join(config.output_dir, "checkpoints"),
+            every_steps=config.checkpoint_every, callbacks=callbacks, verbose=verbose)
+        loss_history = outcome["history"].get("loss", [])
+        summary["resumed_from_step"] = outcome["resumed_from_step"]
+    else:
+        history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                            callbacks=[resilience.StopOnNonFiniteLoss()] + callbacks,
+                            verbose=verbose,
+                            shuffle=False)  # the dataset shuffles (deterministically, by seed)
+        loss_history = history.history["loss"]
     summary["train_seconds"] = round(time.time() - started, 1)
-    summary["loss_history"] = [float(x) for x in history.history["loss"]]
+    summary["loss_history"] = [float(x) for x in loss_history]
     if config.checkpoints:
         model.save_weights(os.path.join(config.output_dir, "final.weights.h5"))
 
