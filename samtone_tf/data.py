@@ -285,6 +285,32 @@ def _split_tokenizers(tokenizer_or_tokenizers):
     return tokenizer_or_tokenizers, tokenizer_or_tokenizers
 
 
+def _epoch_ordered_batches(columns, num_pairs, batch_size, shuffle, seed):
+    """Endless batches whose order is a function of ``(seed, epoch)`` alone.
+
+    Epoch ``e`` is a stateless permutation seeded by ``(seed, e)``, so every iterator of the
+    dataset (and of ``dataset.skip(k)``) yields the same batches at the same positions,
+    however many iterators were made before it (a ``shuffle(seed=...)`` dataset draws a new
+    order per iterator; distribution strategies and resumed runs create extra ones).
+    """
+    table = {key: tf.constant(np.asarray(value) if key != "labels" else value)
+             for key, value in columns.items()}
+    seed = tf.constant(int(seed), tf.int64)
+
+    def epoch_batches(epoch):
+        order = tf.range(num_pairs, dtype=tf.int64)
+        if shuffle:
+            order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([seed, epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
+
+    def gather(indices):
+        return {key: tf.gather(value, indices) for key, value in table.items()}
+
+    epochs = tf.data.Dataset.range(np.iinfo(np.int64).max)
+    batches = epochs.flat_map(epoch_batches).map(gather)
+    return batches.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+
+
 def make_pair_dataset(
     pairs,
     tokenizer_or_tokenizers,
@@ -307,6 +333,10 @@ def make_pair_dataset(
       shuffle: shuffle pairs (reshuffled each epoch, deterministically from ``seed``).
       seed: shuffle seed.
       repeat: repeat indefinitely (whole batches per epoch; a batch never straddles epochs).
+        The order of a repeated dataset is then a function of ``(seed, epoch)`` alone: every
+        iterator yields the same batches, which resumable training relies on. Without
+        ``repeat`` each iteration (Keras epoch) reshuffles, and a second iterator of the
+        same dataset object sees a different order than the first.
       hard_negatives: optional sequence (one per pair) of ``H`` document texts each.
 
     Returns:
@@ -355,12 +385,13 @@ def make_pair_dataset(
                 raise ValueError(f"hard_negatives[{i}] must contain only str texts.")
         columns["hard_negative_text"] = hard_negatives
 
-    ds = tf.data.Dataset.from_tensor_slices(columns)
-    if shuffle:
-        ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=True)
     if repeat:
-        ds = ds.repeat()
+        ds = _epoch_ordered_batches(columns, len(pairs), batch_size, shuffle, seed)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(columns)
+        if shuffle:
+            ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size, drop_remainder=True)
 
     # Python control flow here is on static values only: skip (slow) AutoGraph conversion.
     @tf.autograph.experimental.do_not_convert

@@ -252,9 +252,11 @@ def train(config, *, strategy=None, verbose=1):
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate_schedule(config, total_steps)),
             loss=samtone_tf.SamToNeLoss(**loss_kwargs))
-        # Build the variables now: checkpoints are restored into a built model.
-        sample_features, _ = next(iter(dataset.take(1)))
-        model(sample_features)
+    # Build the variables now (checkpoints are restored into a built model), in replica
+    # context: under MirroredStrategy a TF-Hub SavedModel's restored functions fail when
+    # called in cross-replica context (inside `strategy.scope()` but outside `run`).
+    sample_features, _ = next(iter(dataset.take(1)))
+    strategy.run(tf.function(lambda features: model(features)), args=(sample_features,))
 
     callbacks = []
     if config.tensorboard:

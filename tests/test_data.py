@@ -194,6 +194,20 @@ def test_pair_dataset_drop_remainder_shuffle_repeat(tokenizers):
         rows = first_epochs[2 * epoch] + first_epochs[2 * epoch + 1]
         assert len(set(rows)) == 4
     assert len(set(first_epochs)) > 2  # reshuffled across epochs
+    # A repeated dataset's order depends on (seed, epoch) alone: a second iterator of the same
+    # object, and skip(k), replay the same batches (resumed training relies on it).
+    labels = lambda d, n: [tuple(map(tuple, b[1])) for b in d.take(n).as_numpy_iterator()]  # noqa: E731
+    assert labels(rep, 6) == first_epochs
+    assert labels(rep.skip(3), 3) == first_epochs[3:]
+    assert labels(make_pair_dataset(PAIRS, qtok, 2, seed=4, repeat=True), 6) != first_epochs
+    unshuffled = labels(make_pair_dataset(PAIRS, qtok, 2, shuffle=False, repeat=True), 4)
+    assert unshuffled[:2] == unshuffled[2:] == [((0, 0), (1, 1)), ((0, 2), (2, 0))]
+    # The texts travel with their labels.
+    features, batch_labels = next(iter(rep))
+    single = make_pair_dataset(PAIRS, qtok, 1, shuffle=False)
+    by_label = {tuple(l[0]): f["query_token_ids"][0] for f, l in single.as_numpy_iterator()}
+    for row, ids in zip(batch_labels.numpy(), features["query_token_ids"].numpy()):
+        np.testing.assert_array_equal(ids, by_label[tuple(row)])
 
 
 def test_pair_dataset_hard_negatives(tokenizers):

@@ -230,7 +230,9 @@ def _h5_arrays(path):
     return arrays
 
 
-def test_sigkill_mid_epoch_then_rerun_ends_with_uninterrupted_weights(small_beir, tmp_path):
+@pytest.mark.parametrize("strategy", ["default", "cpu:2"])
+def test_sigkill_mid_epoch_then_rerun_ends_with_uninterrupted_weights(small_beir, tmp_path,
+                                                                       strategy):
     root, vocab = small_beir
     encoder = _tiny.tiny_tfhub_encoder_path(tmp_path, seed=2)
     config = tmp_path / "config.json"
@@ -239,7 +241,7 @@ def test_sigkill_mid_epoch_then_rerun_ends_with_uninterrupted_weights(small_beir
         "architecture": "ade-spl", "projection_dim": 16, "query_max_length": 16,
         "document_max_length": 48, "batch_size": 16, "epochs": 3, "steps_per_epoch": 10,
         "learning_rate": 1e-3, "schedule": "linear", "warmup_steps": 3, "same_tower": "both",
-        "strategy": "default", "checkpoint_every": 3, "evaluate": False, "export": False,
+        "strategy": strategy, "checkpoint_every": 3, "evaluate": False, "export": False,
         "tensorboard": False,
     }))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
