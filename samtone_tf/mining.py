@@ -1,0 +1,511 @@
+"""Hard-negative mining during training, as in ANCE / DANCE: re-encode, re-mine, keep fitting.
+
+ANCE (Xiong et al., ICLR 2021, arXiv:2007.00808) refreshes the hard negatives of each
+training query from an index built with the model being trained; DANCE (Li et al. 2021,
+arXiv:2107.07773) adds hard-negative *queries* for each positive document, for its dual
+(document -> query) objective. Here:
+
+* :class:`HardNegativeMiner` holds the training pairs, the corpus, the positives (qrels plus
+  the pairs themselves), the tokenizers and the current negatives table: ``[Q, Hd]`` corpus
+  rows per training query and, with ``num_hard_queries > 0``, ``[P, Hq]`` training-query
+  rows per positive document. The tables live in ``tf.Variable`` s that the input pipeline
+  reads, so a refresh reaches the batches that follow it without rebuilding the dataset,
+  the model or the ``fit`` call.
+* :meth:`HardNegativeMiner.dataset` gives the features of
+  :func:`samtone_tf.data.make_pair_dataset` (repeated: the batch order is a function of
+  ``(seed, epoch)`` alone) plus ``hard_negative_document_*`` ``[B, Hd, Ld]`` and, with
+  ``Hq > 0``, ``hard_negative_query_*`` ``[B, Hq, Lq]``, gathered from the current tables.
+* :class:`HardNegativeMiningCallback` refreshes the tables every ``every_n_steps`` training
+  steps with the current model and records the time each refresh took.
+
+Mining rule (deterministic given ``seed``): for each training query, rank the whole corpus
+by similarity (cosine by default, exact search), drop the query's positives, drop the first
+``skip_top`` of the remaining documents (a guard against unjudged positives), and keep the
+next ``depth`` as candidates. With ``depth=None`` (default) the candidates are exactly the
+top ``Hd`` and are all used: the negatives are the top-``Hd`` non-positive documents. With
+``depth=k > Hd``, ``Hd`` of the ``k`` candidates are drawn uniformly without replacement
+(ANCE samples from its top-k this way), from a NumPy generator seeded by
+``(seed, refresh number)``, so a rerun mines the same negatives. DANCE's query negatives use
+the same rule with roles exchanged: for each positive document, the nearest training
+queries that are not paired with it (no positive judgment in ``qrels`` and no training pair).
+
+Initial negatives: :meth:`HardNegativeMiner.refresh` with the initial model, or
+:meth:`HardNegativeMiner.randomize` (uniform random non-positives, seeded); the callback does
+either at the start of training (``initial="mine"`` / ``"random"``) or keeps what is there.
+
+Cost. A refresh encodes the whole corpus (``N`` documents at the document length) and the
+``Q`` distinct training queries (at the query length), then runs an exact search
+(``Q x N`` and, for DANCE, ``P x Q`` dot products, ``P`` = distinct positive documents). For
+an encoder that runs at ``r_d`` documents/s and ``r_q`` queries/s, a refresh costs about
+``N / r_d + Q / r_q`` seconds; the search is negligible beside it at these sizes
+(``Q * N * dim`` multiply-adds, SciFact: 809 x 5,183 x 384 = 1.6 G). Every ``n`` training
+steps of ``t`` seconds each this adds ``(N / r_d + Q / r_q) / (n * t)`` to the training
+time. Measured on 2 CPU cores (``tests/mining_cost.py``; tiny 2-layer, 32-wide encoder,
+document length 64, query length 24; SciFact slice of 1,000 documents and 200 training
+queries): about 0.9 s per refresh (≈ 1,300 texts/s for the encoding, search < 0.01 s).
+With all-MiniLM-L6-v2 at length 256 (≈ 32 documents/s on these 2 cores, DESIGN.md) one
+refresh of the full SciFact corpus (5,183 documents + 809 queries) costs ≈ 3 minutes, i.e.
+about 110 training steps at batch 32 (≈ 1.5 s each): refreshing every 1,000 steps adds
+≈ 11 %, every 100 steps more than doubles the training time. ANCE refreshes
+asynchronously on separate devices for this reason; here it is synchronous.
+
+Read-ahead: batches the input pipeline produced before a refresh (its prefetch buffer, a
+few batches; with ``dataset(prefetch=False)``, none) still carry the previous negatives.
+"""
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from samtone_tf import data as data_lib
+from samtone_tf import retrieval
+from samtone_tf._keras import keras
+
+__all__ = ["HardNegativeMiner", "HardNegativeMiningCallback", "INITIAL_CHOICES"]
+
+INITIAL_CHOICES = ("mine", "random", "keep")
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _select(ranked, excluded, skip_top, depth, count, rng):
+    """Row-wise: the first ``skip_top + depth`` non-excluded entries of ``ranked`` [R, k]
+    minus the first ``skip_top``, then ``count`` of them (all in rank order when
+    ``depth == count``, else a uniform sample without replacement kept in rank order)."""
+    out = np.empty((len(ranked), count), dtype=np.int32)
+    need = skip_top + depth
+    for r, row in enumerate(ranked):
+        kept = [int(j) for j in row if int(j) not in excluded[r]][:need]
+        if len(kept) < need:
+            raise ValueError(
+                f"row {r}: only {len(kept)} non-positive candidates in the search results, "
+                f"need skip_top + depth = {need}.")
+        candidates = kept[skip_top:]
+        if depth > count:
+            pick = np.sort(rng.choice(depth, size=count, replace=False))
+            candidates = [candidates[p] for p in pick]
+        out[r] = candidates[:count]
+    return out
+
+
+def _replica_encoders(model, query_tokenizer, document_tokenizer, strategy):
+    """``(query_fn, document_fn)`` that encode in replica context, each replica a slice of
+    the texts. Inside ``fit`` under a multi-replica strategy (Keras 2 keeps the strategy's
+    scope open in callbacks) a TF-Hub SavedModel's restored functions fail when called in
+    cross-replica context."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], reduce_retracing=True)
+    def encode_queries(texts):
+        return model.encode_queries(query_tokenizer(texts))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], reduce_retracing=True)
+    def encode_documents(texts):
+        return model.encode_documents(document_tokenizer(texts))
+
+    replicas = strategy.num_replicas_in_sync
+
+    def split(encode):
+        def fn(texts):
+            texts = list(texts)
+            per = -(-len(texts) // replicas)
+            padded = texts + [texts[-1]] * (per * replicas - len(texts))
+            values = strategy.experimental_distribute_values_from_function(
+                lambda ctx: tf.constant(padded[ctx.replica_id_in_sync_group * per:
+                                               (ctx.replica_id_in_sync_group + 1) * per]))
+            parts = strategy.experimental_local_results(strategy.run(lambda t: encode(t), args=(values,)))
+            return np.concatenate([np.asarray(p) for p in parts], axis=0)[:len(texts)]
+        return fn
+
+    return split(encode_queries), split(encode_documents)
+
+
+class HardNegativeMiner:
+    """Training pairs, corpus, positives, tokenizers and the current hard-negative tables.
+
+    Args:
+      pairs: ``(query_id, query_text, doc_id, doc_text)`` tuples (as from
+        :func:`samtone_tf.data.training_pairs_from_qrels`); every ``doc_id`` must be in
+        ``corpus``.
+      corpus: ``{doc_id: text}``, the documents negatives are mined from.
+      tokenizer_or_tokenizers: one tokenizer or a ``(query, document)`` pair, as for
+        :func:`samtone_tf.data.make_pair_dataset`.
+      qrels: optional ``{query_id: {doc_id: score}}``; documents with score > 0 are positives
+        of that query and never its negatives (the training pairs are positives as well).
+      num_hard_documents: ``Hd`` >= 1, hard-negative documents per training pair.
+      num_hard_queries: ``Hq`` >= 0, hard-negative queries per pair (DANCE; 0 disables).
+      depth: ``None`` (top-``H`` exactly) or an int >= max(Hd, Hq): sample ``H`` of the top
+        ``depth`` non-positives (see the module docstring).
+      skip_top: non-positives ranked first that are skipped (>= 0).
+      seed: seeds the sampling (``depth``) and :meth:`randomize`.
+      normalize: rank by cosine similarity (True) or by raw dot product (False).
+      encode_batch_size: texts per encoder call in :meth:`refresh`.
+
+    Attributes (after a refresh): ``document_table`` ``[Q, Hd]`` int32 corpus rows per
+    training query (``query_ids`` order), ``query_table`` ``[P, Hq]`` training-query rows per
+    positive document (``positive_doc_ids`` order), ``last_query_embeddings``,
+    ``last_document_embeddings``, ``num_refreshes``.
+    """
+
+    def __init__(self, pairs, corpus, tokenizer_or_tokenizers, *, qrels=None,
+                 num_hard_documents=1, num_hard_queries=0, depth=None, skip_top=0, seed=0,
+                 normalize=True, encode_batch_size=64):
+        self.num_hard_documents = _check_int("num_hard_documents", num_hard_documents, 1)
+        self.num_hard_queries = _check_int("num_hard_queries", num_hard_queries, 0)
+        self.skip_top = _check_int("skip_top", skip_top, 0)
+        self.seed = _check_int("seed", seed, 0)
+        self.encode_batch_size = _check_int("encode_batch_size", encode_batch_size, 1)
+        largest = max(self.num_hard_documents, self.num_hard_queries)
+        if depth is not None:
+            depth = _check_int("depth", depth, 1)
+            if depth < largest:
+                raise ValueError(f"`depth` ({depth}) must be >= max(num_hard_documents, "
+                                 f"num_hard_queries) = {largest}, or None.")
+        self.depth = depth
+        if not isinstance(normalize, bool):
+            raise ValueError(f"`normalize` must be a bool, got {normalize!r}.")
+        self.normalize = normalize
+        if not isinstance(corpus, dict) or not corpus:
+            raise ValueError("`corpus` must be a non-empty {doc_id: text} dict.")
+        self.pairs = data_lib._normalise_pairs(pairs)
+        if not self.pairs:
+            raise ValueError("`pairs` is empty.")
+        self.query_tokenizer, self.document_tokenizer = data_lib._split_tokenizers(
+            tokenizer_or_tokenizers)
+        self.corpus = corpus
+        self.doc_ids = list(corpus)
+        self.doc_texts = [corpus[d] for d in self.doc_ids]
+        doc_row = {d: i for i, d in enumerate(self.doc_ids)}
+
+        self.query_ids, self.query_texts, query_row = [], [], {}
+        self.positive_doc_ids, positive_row = [], {}
+        for i, (qid, qtext, did, _) in enumerate(self.pairs):
+            if did not in doc_row:
+                raise ValueError(f"pair {i}: document id {did!r} is not in `corpus`.")
+            if qid not in query_row:
+                query_row[qid] = len(self.query_ids)
+                self.query_ids.append(qid)
+                self.query_texts.append(qtext)
+            elif self.query_texts[query_row[qid]] != qtext:
+                raise ValueError(f"pair {i}: query id {qid!r} has two different texts.")
+            if did not in positive_row:
+                positive_row[did] = len(self.positive_doc_ids)
+                self.positive_doc_ids.append(did)
+        self._query_row, self._doc_row, self._positive_row = query_row, doc_row, positive_row
+
+        positives = {qid: set() for qid in self.query_ids}
+        for qid, _, did, _ in self.pairs:
+            positives[qid].add(did)
+        if qrels is not None:
+            if not isinstance(qrels, dict):
+                raise ValueError("`qrels` must be a {query_id: {doc_id: score}} dict or None.")
+            for qid, judged in qrels.items():
+                if qid in positives:
+                    positives[qid].update(d for d, s in judged.items() if s > 0)
+        self.positives = positives
+        # corpus rows that may not be negatives of query row r; query rows that may not be
+        # negatives of positive-document row p
+        self._excluded_docs = [{doc_row[d] for d in positives[q] if d in doc_row}
+                               for q in self.query_ids]
+        paired = {d: set() for d in self.positive_doc_ids}
+        for qid in self.query_ids:
+            for d in positives[qid]:
+                if d in paired:
+                    paired[d].add(query_row[qid])
+        self._excluded_queries = [paired[d] for d in self.positive_doc_ids]
+
+        need_docs = self.skip_top + (depth or self.num_hard_documents)
+        short = max(len(e) for e in self._excluded_docs) + need_docs - len(self.doc_ids)
+        if short > 0:
+            raise ValueError(f"the corpus has {len(self.doc_ids)} documents; a query with "
+                             f"{max(len(e) for e in self._excluded_docs)} positives needs "
+                             f"{need_docs} more (skip_top + depth or num_hard_documents).")
+        if self.num_hard_queries:
+            need_q = self.skip_top + (depth or self.num_hard_queries)
+            most = max(len(e) for e in self._excluded_queries)
+            if most + need_q > len(self.query_ids):
+                raise ValueError(f"{len(self.query_ids)} training queries are too few for "
+                                 f"num_hard_queries: a document paired with {most} of them "
+                                 f"needs {need_q} others (skip_top + depth or num_hard_queries).")
+
+        self.num_refreshes = 0
+        self._encoders = None
+        self.last_query_embeddings = self.last_document_embeddings = None
+        # the tables the input pipeline reads; plain host variables, outside any strategy
+        with tf.device("/cpu:0"):
+            self._document_table = tf.Variable(
+                np.zeros((len(self.query_ids), self.num_hard_documents), np.int32),
+                trainable=False, name="hard_negative_document_table")
+            self._query_table = tf.Variable(
+                np.zeros((len(self.positive_doc_ids), max(self.num_hard_queries, 1)), np.int32),
+                trainable=False, name="hard_negative_query_table")
+        self.randomize()
+
+    # ------------------------------------------------------------------ tables
+    @property
+    def document_table(self):
+        """``[Q, Hd]`` int32: corpus rows of each training query's hard negatives."""
+        return self._document_table.numpy()
+
+    @property
+    def query_table(self):
+        """``[P, Hq]`` int32: training-query rows of each positive document's hard negatives
+        (``[P, 0]`` when ``num_hard_queries == 0``)."""
+        return self._query_table.numpy()[:, :self.num_hard_queries]
+
+    def set_tables(self, document_table, query_table=None):
+        """Replaces the tables (checked: shapes, ranges, no positive among the negatives)."""
+        document_table = np.asarray(document_table)
+        expected = (len(self.query_ids), self.num_hard_documents)
+        if document_table.shape != expected:
+            raise ValueError(f"document_table has shape {document_table.shape}; expected {expected}.")
+        if document_table.min() < 0 or document_table.max() >= len(self.doc_ids):
+            raise ValueError("document_table holds rows outside the corpus.")
+        for r, row in enumerate(document_table):
+            if self._excluded_docs[r].intersection(row.tolist()):
+                raise ValueError(f"document_table row {r} (query {self.query_ids[r]!r}) holds "
+                                 "one of its positives.")
+        if self.num_hard_queries:
+            query_table = np.asarray(query_table)
+            expected = (len(self.positive_doc_ids), self.num_hard_queries)
+            if query_table.shape != expected:
+                raise ValueError(f"query_table has shape {query_table.shape}; expected {expected}.")
+            if query_table.min() < 0 or query_table.max() >= len(self.query_ids):
+                raise ValueError("query_table holds rows outside the training queries.")
+            for p, row in enumerate(query_table):
+                if self._excluded_queries[p].intersection(row.tolist()):
+                    raise ValueError(f"query_table row {p} (document {self.positive_doc_ids[p]!r}) "
+                                     "holds a query paired with it.")
+            self._query_table.assign(query_table.astype(np.int32))
+        elif query_table is not None:
+            raise ValueError("query_table given but num_hard_queries is 0.")
+        self._document_table.assign(document_table.astype(np.int32))
+
+    def randomize(self, seed=None):
+        """Uniform random non-positive negatives (deterministic given ``seed``, default the
+        miner's)."""
+        rng = np.random.default_rng([self.seed if seed is None else seed, 2**31 - 1])
+
+        def draw(excluded, total, count):
+            out = np.empty((len(excluded), count), np.int32)
+            for r, ex in enumerate(excluded):
+                pool = rng.choice(total, size=min(total, count + len(ex)), replace=False)
+                out[r] = [j for j in pool if j not in ex][:count]
+            return out
+
+        docs = draw(self._excluded_docs, len(self.doc_ids), self.num_hard_documents)
+        queries = (draw(self._excluded_queries, len(self.query_ids), self.num_hard_queries)
+                   if self.num_hard_queries else None)
+        self.set_tables(docs, queries)
+
+    def mine_from_embeddings(self, query_embeddings, document_embeddings):
+        """Mines and installs new tables from ``[Q, dim]`` training-query and ``[N, dim]``
+        corpus embeddings (rows in ``query_ids`` / ``doc_ids`` order); returns the search
+        seconds."""
+        start = time.perf_counter()
+        q = np.asarray(query_embeddings, np.float32)
+        d = np.asarray(document_embeddings, np.float32)
+        if q.shape[0] != len(self.query_ids) or d.shape[0] != len(self.doc_ids):
+            raise ValueError(f"embeddings have {q.shape[0]} queries and {d.shape[0]} documents; "
+                             f"expected {len(self.query_ids)} and {len(self.doc_ids)}.")
+        rng = np.random.default_rng([self.seed, self.num_refreshes])
+        depth_d = self.depth or self.num_hard_documents
+        k = min(len(self.doc_ids),
+                self.skip_top + depth_d + max(len(e) for e in self._excluded_docs))
+        _, ranked = retrieval.search(q, [d], k, normalize=self.normalize)
+        docs = _select(ranked, self._excluded_docs, self.skip_top, depth_d,
+                       self.num_hard_documents, rng)
+        queries = None
+        if self.num_hard_queries:
+            depth_q = self.depth or self.num_hard_queries
+            positive = d[[self._doc_row[x] for x in self.positive_doc_ids]]
+            k = min(len(self.query_ids),
+                    self.skip_top + depth_q + max(len(e) for e in self._excluded_queries))
+            _, ranked = retrieval.search(positive, [q], k, normalize=self.normalize)
+            queries = _select(ranked, self._excluded_queries, self.skip_top, depth_q,
+                              self.num_hard_queries, rng)
+        self.set_tables(docs, queries)
+        self.last_query_embeddings, self.last_document_embeddings = q, d
+        self.num_refreshes += 1
+        return time.perf_counter() - start
+
+    def refresh(self, model, *, progress=False):
+        """Re-encodes the corpus and the training queries with ``model`` (a
+        :class:`samtone_tf.DualEncoder`: its ``encode_queries`` / ``encode_documents``) and
+        mines new tables. Returns ``{"seconds", "encode_seconds", "search_seconds",
+        "documents", "queries", "docs_per_second"}``."""
+        from samtone_tf.evaluation import dual_encoder_fns
+
+        start = time.perf_counter()
+        strategy = None
+        if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+            strategy = tf.distribute.get_strategy()
+            if strategy.num_replicas_in_sync < 2:
+                strategy = None
+        if self._encoders is None or self._encoders[:2] != (model, strategy):
+            # traced once per model, not per refresh
+            if strategy is None:
+                fns = dual_encoder_fns(model, self.query_tokenizer, self.document_tokenizer)
+            else:
+                fns = _replica_encoders(model, self.query_tokenizer, self.document_tokenizer,
+                                        strategy)
+            self._encoders = (model, strategy, fns)
+        query_fn, document_fn = self._encoders[2]
+        d = retrieval.encode_corpus(document_fn, self.doc_texts, self.encode_batch_size,
+                                    progress=progress)
+        q = retrieval.encode_corpus(query_fn, self.query_texts, self.encode_batch_size,
+                                    progress=progress)
+        encode_seconds = time.perf_counter() - start
+        search_seconds = self.mine_from_embeddings(q, d)
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "encode_seconds": encode_seconds,
+                "search_seconds": search_seconds, "documents": len(self.doc_ids),
+                "queries": len(self.query_ids),
+                "docs_per_second": len(self.doc_ids) / max(encode_seconds, 1e-9)}
+
+    # ------------------------------------------------------------------ data
+    def dataset(self, batch_size, seed=0, *, shuffle=True, prefetch=True):
+        """Endless ``(features, labels)`` batches reading the *current* tables.
+
+        Features and labels are those of ``make_pair_dataset(pairs, tokenizers, batch_size,
+        shuffle=shuffle, seed=seed, repeat=True)`` (same batch order, a function of
+        ``(seed, epoch)``) plus ``hard_negative_document_token_ids`` /
+        ``hard_negative_document_padding_mask`` int32 ``[B, Hd, Ld]`` and, when
+        ``num_hard_queries > 0``, ``hard_negative_query_token_ids`` /
+        ``hard_negative_query_padding_mask`` int32 ``[B, Hq, Lq]``. A pair's negatives are its
+        query's row of ``document_table`` and its document's row of ``query_table``, read
+        when the batch is produced. ``prefetch=False`` produces each batch only when it is
+        asked for (no read-ahead), so every batch after a refresh has the new negatives.
+        Pass ``steps_per_epoch`` to ``fit`` (the dataset is infinite).
+        """
+        if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        if batch_size > len(self.pairs):
+            raise ValueError(f"batch_size={batch_size} exceeds the {len(self.pairs)} pairs.")
+        query_index, doc_index = data_lib.dense_id_maps(self.pairs)
+        columns = {
+            "query_text": [p[1] for p in self.pairs],
+            "document_text": [p[3] for p in self.pairs],
+            "labels": np.array([[query_index[p[0]], doc_index[p[2]]] for p in self.pairs],
+                               dtype=np.float32),
+            "query_row": np.array([self._query_row[p[0]] for p in self.pairs], np.int32),
+            "positive_row": np.array([self._positive_row[p[2]] for p in self.pairs], np.int32),
+        }
+        batches = data_lib._epoch_ordered_batches(columns, len(self.pairs), batch_size,
+                                                  shuffle, seed)
+        corpus_texts = tf.constant(self.doc_texts)
+        query_texts = tf.constant(self.query_texts)
+        doc_table, query_table = self._document_table, self._query_table
+        hd, hq = self.num_hard_documents, self.num_hard_queries
+        query_tokenizer, doc_tokenizer = self.query_tokenizer, self.document_tokenizer
+
+        def grouped(tokenizer, texts, count, prefix, features):
+            tokens = tokenizer(tf.reshape(texts, [-1]))
+            for key in ("token_ids", "padding_mask"):
+                value = tf.reshape(tf.cast(tokens[key], tf.int32), [batch_size, count, -1])
+                features[prefix + key] = tf.ensure_shape(
+                    value, [batch_size, count, tokens[key].shape[-1]])
+
+        @tf.autograph.experimental.do_not_convert
+        def tokenize(batch):
+            q = query_tokenizer(batch["query_text"])
+            d = doc_tokenizer(batch["document_text"])
+            features = {
+                "query_token_ids": tf.cast(q["token_ids"], tf.int32),
+                "query_padding_mask": tf.cast(q["padding_mask"], tf.int32),
+                "document_token_ids": tf.cast(d["token_ids"], tf.int32),
+                "document_padding_mask": tf.cast(d["padding_mask"], tf.int32),
+            }
+            rows = tf.gather(doc_table.read_value(), batch["query_row"])  # [B, Hd]
+            grouped(doc_tokenizer, tf.gather(corpus_texts, rows), hd,
+                    "hard_negative_document_", features)
+            if hq:
+                rows = tf.gather(query_table.read_value()[:, :hq], batch["positive_row"])
+                grouped(query_tokenizer, tf.gather(query_texts, rows), hq,
+                        "hard_negative_query_", features)
+            return features, batch["labels"]
+
+        if prefetch:
+            ds = batches.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            return ds.prefetch(tf.data.AUTOTUNE)
+        ds = batches.map(tokenize)
+        options = tf.data.Options()
+        options.experimental_optimization.inject_prefetch = False
+        return ds.with_options(options)
+
+
+class HardNegativeMiningCallback(keras.callbacks.Callback):
+    """Refreshes a :class:`HardNegativeMiner`'s tables every ``every_n_steps`` training steps.
+
+    The refresh encodes the corpus and the training queries with the model being fitted
+    (``model.encode_documents`` / ``encode_queries`` through
+    :func:`samtone_tf.evaluation.dual_encoder_fns` and
+    :func:`samtone_tf.retrieval.encode_corpus`) and mines new negatives (see
+    :mod:`samtone_tf.mining`); the dataset from ``miner.dataset(...)`` reads them from the
+    next batch it produces on.
+
+    Args:
+      miner: the :class:`HardNegativeMiner` whose dataset is being fitted.
+      every_n_steps: refresh after every this many training steps (counted over epochs).
+      initial: at the start of training, ``"mine"`` (refresh with the initial model),
+        ``"random"`` (:meth:`HardNegativeMiner.randomize`) or ``"keep"`` the current tables.
+      progress: tqdm progress bars while encoding.
+      verbose: print one line per refresh.
+
+    Timing: ``self.refreshes`` is a list of dicts (``step``, ``seconds``, ``encode_seconds``,
+    ``search_seconds``, ``documents``, ``queries``, ``docs_per_second``), one per refresh
+    (the initial one has step 0). Each epoch's logs (hence ``History``) get
+    ``mining_refreshes`` (refreshes during the epoch), ``mining_seconds`` (their total
+    seconds) and ``mining_docs_per_second`` (of the last refresh, 0 if none yet).
+    """
+
+    def __init__(self, miner, every_n_steps, *, initial="mine", progress=False, verbose=0):
+        super().__init__()
+        if not isinstance(miner, HardNegativeMiner):
+            raise ValueError(f"`miner` must be a HardNegativeMiner, got {type(miner).__name__}.")
+        self.miner = miner
+        self.every_n_steps = _check_int("every_n_steps", every_n_steps, 1)
+        if initial not in INITIAL_CHOICES:
+            raise ValueError(f"`initial` must be one of {INITIAL_CHOICES}, got {initial!r}.")
+        self.initial = initial
+        self.progress = bool(progress)
+        self.verbose = verbose
+        self.refreshes = []
+        self._step = 0
+        self._epoch_start = 0
+
+    def _refresh(self):
+        timing = self.miner.refresh(self.model, progress=self.progress)
+        timing["step"] = self._step
+        self.refreshes.append(timing)
+        if self.verbose:
+            print(f"hard-negative refresh at step {self._step}: {timing['seconds']:.2f} s "
+                  f"({timing['docs_per_second']:.0f} docs/s)")
+
+    def on_train_begin(self, logs=None):
+        if self.initial == "mine":
+            self._refresh()
+        elif self.initial == "random":
+            self.miner.randomize()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = len(self.refreshes)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self._step % self.every_n_steps == 0:
+            self._refresh()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        these = self.refreshes[self._epoch_start:]
+        logs["mining_refreshes"] = float(len(these))
+        logs["mining_seconds"] = float(sum(t["seconds"] for t in these))
+        logs["mining_docs_per_second"] = (float(self.refreshes[-1]["docs_per_second"])
+                                          if self.refreshes else 0.0)

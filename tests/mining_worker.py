@@ -1,0 +1,111 @@
+"""Hard-negative mining helpers for tests/test_mining.py, and a worker that fits with the
+mining callback under MirroredStrategy over 2 logical CPU devices (its own process: logical
+devices must be configured before TensorFlow initialises).
+
+Usage: ``python -m tests.mining_worker REPLICAS WORKDIR OUTPUT.json``
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+SCIFACT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "scifact")
+
+
+def scifact_slice(num_queries=40, num_other_docs=200):
+    """A real SciFact slice: the first ``num_queries`` train queries (sorted ids), their
+    positives plus the first ``num_other_docs`` corpus documents; ``(corpus, qrels, pairs)``."""
+    from samtone_tf import data as data_lib
+
+    corpus, queries, qrels = data_lib.load_beir(SCIFACT, "train")
+    train_q = sorted(qrels)[:num_queries]
+    keep = {d for q in train_q for d in qrels[q]} | set(list(corpus)[:num_other_docs])
+    corpus = {d: t for d, t in corpus.items() if d in keep}
+    qrels = {q: qrels[q] for q in train_q}
+    pairs = data_lib.training_pairs_from_qrels(corpus, queries, qrels)
+    return corpus, qrels, pairs
+
+
+def tokenizers(directory, corpus, pairs, query_length=16, document_length=32):
+    from samtone_tf.tokenization import BertTextTokenizer, build_wordpiece_vocab
+    from tests import _tiny
+
+    vocab = os.path.join(directory, "vocab.txt")
+    if not os.path.exists(vocab):
+        build_wordpiece_vocab(list(corpus.values()) + [p[1] for p in pairs], _tiny.VOCAB_SIZE,
+                              vocab)
+    return (BertTextTokenizer(vocab, max_length=query_length),
+            BertTextTokenizer(vocab, max_length=document_length))
+
+
+def encoder(directory, seed=0):
+    """The tiny encoder for this Keras generation (keras-hub backbone or TF-Hub export)."""
+    from samtone_tf._keras import IS_KERAS3
+    from tests import _tiny
+
+    if IS_KERAS3:
+        return _tiny.tiny_backbone(seed=seed)
+    return _tiny.tiny_tfhub_encoder_path(directory, seed=seed)
+
+
+def fit_with_mining(directory, strategy=None, *, steps=4, every=2, batch_size=8, hd=2, hq=1):
+    """Fits a tiny DualEncoder with SamToNe + DANCE's dual loss and the mining callback.
+
+    Returns a JSON-able dict: losses, refresh steps, whether the tables changed, whether all
+    negatives avoid positives, and the replicas."""
+    import tensorflow as tf
+
+    from samtone_tf import SamToNeLoss
+    from samtone_tf._keras import keras
+    from samtone_tf.mining import HardNegativeMiner, HardNegativeMiningCallback
+    from samtone_tf.model import DualEncoder
+
+    strategy = strategy or tf.distribute.get_strategy()
+    corpus, qrels, pairs = scifact_slice()
+    miner = HardNegativeMiner(pairs, corpus, tokenizers(directory, corpus, pairs), qrels=qrels,
+                              num_hard_documents=hd, num_hard_queries=hq, seed=0)
+    random_tables = (miner.document_table.copy(), miner.query_table.copy())
+    dataset = miner.dataset(batch_size, seed=0)
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = DualEncoder(encoder(directory, seed=2), architecture="sde", projection_dim=16)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3),
+                      loss=SamToNeLoss(temperature=0.05, same_tower="both", bidirectional=True,
+                                       dual_weight=0.1, num_hard_negative_queries=hq,
+                                       mask_duplicates=True))
+    callback = HardNegativeMiningCallback(miner, every, initial="random")
+    history = model.fit(dataset, epochs=2, steps_per_epoch=steps // 2, verbose=0,
+                        callbacks=[callback])
+    clean = all(not miner._excluded_docs[r].intersection(row.tolist())
+                for r, row in enumerate(miner.document_table))
+    clean = clean and all(not miner._excluded_queries[p].intersection(row.tolist())
+                          for p, row in enumerate(miner.query_table))
+    return {
+        "replicas": strategy.num_replicas_in_sync,
+        "loss": [float(x) for x in history.history["loss"]],
+        "mining_refreshes": [float(x) for x in history.history["mining_refreshes"]],
+        "mining_seconds": [float(x) for x in history.history["mining_seconds"]],
+        "refresh_steps": [t["step"] for t in callback.refreshes],
+        "documents_changed": bool(np.any(miner.document_table != random_tables[0])),
+        "queries_changed": bool(np.any(miner.query_table != random_tables[1])),
+        "clean": bool(clean),
+    }
+
+
+def main(argv):
+    import tensorflow as tf
+
+    replicas, directory, output = int(argv[0]), argv[1], argv[2]
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * replicas)
+    strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+    result = fit_with_mining(directory, strategy)
+    with open(output, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
