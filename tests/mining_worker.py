@@ -94,6 +94,52 @@ def fit_with_mining(directory, strategy=None, *, steps=4, every=2, batch_size=8,
     }
 
 
+def expected_hard_negatives(miner, labels):
+    """Token ids the current tables give the pairs of a batch (``labels`` [B, 2]):
+    ``(documents [B, Hd, Ld], queries [B, Hq, Lq] or None)``."""
+    from samtone_tf import data as data_lib
+
+    query_index, doc_index = data_lib.dense_id_maps(miner.pairs)
+    qid_of = {v: k for k, v in query_index.items()}
+    did_of = {v: k for k, v in doc_index.items()}
+    labels = np.asarray(labels).astype(np.int64)
+    doc_table, query_table = miner.document_table, miner.query_table
+    rows = [miner._query_row[qid_of[q]] for q in labels[:, 0]]
+    texts = [miner.doc_texts[j] for r in rows for j in doc_table[r]]
+    docs = np.asarray(miner.document_tokenizer(texts)["token_ids"]).reshape(
+        len(labels), miner.num_hard_documents, -1)
+    if not miner.num_hard_queries:
+        return docs, None
+    rows = [miner._positive_row[did_of[d]] for d in labels[:, 1]]
+    texts = [miner.query_texts[j] for r in rows for j in query_table[r]]
+    queries = np.asarray(miner.query_tokenizer(texts)["token_ids"]).reshape(
+        len(labels), miner.num_hard_queries, -1)
+    return docs, queries
+
+
+def distributed_switch(miner, strategy, batch_size=8):
+    """Whether a distributed iterator's batches follow the tables: (first batch matches the
+    tables, a batch a few steps after a table change matches the new tables)."""
+    dist = strategy.experimental_distribute_dataset(miner.dataset(batch_size, seed=1,
+                                                                  prefetch=False))
+    iterator = iter(dist)
+
+    def matches():
+        features, labels = next(iterator)
+        ids = np.concatenate([np.asarray(x) for x in strategy.experimental_local_results(
+            features["hard_negative_document_token_ids"])])
+        labels = np.concatenate([np.asarray(x)
+                                 for x in strategy.experimental_local_results(labels)])
+        docs, _ = expected_hard_negatives(miner, labels)
+        return bool(np.array_equal(ids, docs))
+
+    before = matches()
+    miner.randomize(seed=5)
+    for _ in range(3):  # whatever the distributed iterator read ahead
+        next(iterator)
+    return before, matches()
+
+
 def main(argv):
     import tensorflow as tf
 
@@ -103,6 +149,12 @@ def main(argv):
         cpus[0], [tf.config.LogicalDeviceConfiguration()] * replicas)
     strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
     result = fit_with_mining(directory, strategy)
+    from samtone_tf.mining import HardNegativeMiner
+
+    corpus, qrels, pairs = scifact_slice()
+    miner = HardNegativeMiner(pairs, corpus, tokenizers(directory, corpus, pairs), qrels=qrels,
+                              num_hard_documents=2)
+    result["switch_before"], result["switch_after"] = distributed_switch(miner, strategy)
     with open(output, "w") as f:
         json.dump(result, f)
 
