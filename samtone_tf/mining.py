@@ -40,9 +40,9 @@ an encoder that runs at ``r_d`` documents/s and ``r_q`` queries/s, a refresh cos
 ``N / r_d + Q / r_q`` seconds; the search is negligible beside it at these sizes
 (``Q * N * dim`` multiply-adds, SciFact: 809 x 5,183 x 384 = 1.6 G). Every ``n`` training
 steps of ``t`` seconds each this adds ``(N / r_d + Q / r_q) / (n * t)`` to the training
-time. Measured on 2 CPU cores (``tests/mining_cost.py``; tiny 2-layer, 32-wide encoder,
-document length 64, query length 24; SciFact slice of 1,000 documents and 200 training
-queries): about 0.9 s per refresh (≈ 1,300 texts/s for the encoding, search < 0.01 s).
+time. Measured on 2 shared CPU cores (``python -m tests.mining_cost``; tiny 2-layer, 32-wide
+encoder, document length 64, query length 24; SciFact slice of 1,127 documents and 200
+training queries): 2.7 s per refresh, ≈ 500 texts/s for the encoding, search 0.03 s.
 With all-MiniLM-L6-v2 at length 256 (≈ 32 documents/s on these 2 cores, DESIGN.md) one
 refresh of the full SciFact corpus (5,183 documents + 809 queries) costs ≈ 3 minutes, i.e.
 about 110 training steps at batch 32 (≈ 1.5 s each): refreshing every 1,000 steps adds

@@ -70,7 +70,7 @@ def fit_with_mining(directory, strategy=None, *, steps=4, every=2, batch_size=8,
     dataset = miner.dataset(batch_size, seed=0)
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        model = DualEncoder(encoder(directory, seed=2), architecture="sde", projection_dim=16)
+        model = DualEncoder(encoder(directory, seed=4), architecture="sde", projection_dim=16)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3),
                       loss=SamToNeLoss(temperature=0.05, same_tower="both", bidirectional=True,
                                        dual_weight=0.1, num_hard_negative_queries=hq,

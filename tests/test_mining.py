@@ -176,11 +176,10 @@ def test_fit_with_the_callback_refreshes_and_trains(sliced, model):
     np.testing.assert_array_equal(miner.query_table, final_queries)
 
 
-def test_two_cpu_replicas_fit_and_follow_the_tables(tmp_path):
-    if not os.path.isdir(mining_worker.SCIFACT):
-        pytest.skip("../shared/data/scifact is not beside the repository")
+def test_two_cpu_replicas_fit_and_follow_the_tables(sliced, tmp_path):
     out = tmp_path / "mirrored.json"
-    done = subprocess.run([sys.executable, "-m", "tests.mining_worker", "2", str(tmp_path),
+    # the slice's folder: its vocabulary (and, in Keras 2, the encoder export) are reused
+    done = subprocess.run([sys.executable, "-m", "tests.mining_worker", "2", sliced[0],
                            str(out)], cwd=ROOT, env=os.environ.copy(), capture_output=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
