@@ -285,6 +285,18 @@ def _split_tokenizers(tokenizer_or_tokenizers):
     return tokenizer_or_tokenizers, tokenizer_or_tokenizers
 
 
+def pair_features(query_tokenizer, document_tokenizer, query_texts, document_texts):
+    """The model's int32 query/document features of a batch of texts (inside tf.data)."""
+    q = query_tokenizer(query_texts)
+    d = document_tokenizer(document_texts)
+    return {
+        "query_token_ids": tf.cast(q["token_ids"], tf.int32),
+        "query_padding_mask": tf.cast(q["padding_mask"], tf.int32),
+        "document_token_ids": tf.cast(d["token_ids"], tf.int32),
+        "document_padding_mask": tf.cast(d["padding_mask"], tf.int32),
+    }
+
+
 def _epoch_ordered_batches(columns, num_pairs, batch_size, shuffle, seed):
     """Endless batches whose order is a function of ``(seed, epoch)`` alone.
 
@@ -396,14 +408,8 @@ def make_pair_dataset(
     # Python control flow here is on static values only: skip (slow) AutoGraph conversion.
     @tf.autograph.experimental.do_not_convert
     def tokenize(batch):
-        q = query_tokenizer(batch["query_text"])
-        d = doc_tokenizer(batch["document_text"])
-        features = {
-            "query_token_ids": tf.cast(q["token_ids"], tf.int32),
-            "query_padding_mask": tf.cast(q["padding_mask"], tf.int32),
-            "document_token_ids": tf.cast(d["token_ids"], tf.int32),
-            "document_padding_mask": tf.cast(d["padding_mask"], tf.int32),
-        }
+        features = pair_features(query_tokenizer, doc_tokenizer, batch["query_text"],
+                                 batch["document_text"])
         if "hard_negative_text" in batch:
             flat = tf.reshape(batch["hard_negative_text"], [-1])
             h = doc_tokenizer(flat)

@@ -136,8 +136,9 @@ def text_encoders(model, *, batch_size=64, query_max_length=None, document_max_l
     return query_fn, document_fn
 
 
-def dual_encoder_fns(model, query_tokenizer, document_tokenizer):
-    """``(query_fn, document_fn)`` over a live DualEncoder and its tokenizers."""
+def encoder_tf_functions(model, query_tokenizer, document_tokenizer):
+    """``(encode_queries, encode_documents)``: ``tf.function``s from a 1-D string tensor to
+    the live DualEncoder's embeddings (usable inside ``strategy.run``)."""
     import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], reduce_retracing=True)
@@ -148,6 +149,15 @@ def dual_encoder_fns(model, query_tokenizer, document_tokenizer):
     def encode_documents(texts):
         return model.encode_documents(document_tokenizer(texts))
 
+    return encode_queries, encode_documents
+
+
+def dual_encoder_fns(model, query_tokenizer, document_tokenizer):
+    """``(query_fn, document_fn)`` over a live DualEncoder and its tokenizers."""
+    import tensorflow as tf
+
+    encode_queries, encode_documents = encoder_tf_functions(model, query_tokenizer,
+                                                            document_tokenizer)
     return (lambda texts: encode_queries(tf.constant(texts)),
             lambda texts: encode_documents(tf.constant(texts)))
 

@@ -99,14 +99,10 @@ def _replica_encoders(model, query_tokenizer, document_tokenizer, strategy):
     scope open in callbacks) a TF-Hub SavedModel's restored functions fail when called in
     cross-replica context."""
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], reduce_retracing=True)
-    def encode_queries(texts):
-        return model.encode_queries(query_tokenizer(texts))
+    from samtone_tf import evaluation
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], reduce_retracing=True)
-    def encode_documents(texts):
-        return model.encode_documents(document_tokenizer(texts))
-
+    encode_queries, encode_documents = evaluation.encoder_tf_functions(
+        model, query_tokenizer, document_tokenizer)
     replicas = strategy.num_replicas_in_sync
 
     def split(encode):
@@ -413,14 +409,8 @@ class HardNegativeMiner:
 
         @tf.autograph.experimental.do_not_convert
         def tokenize(batch):
-            q = query_tokenizer(batch["query_text"])
-            d = doc_tokenizer(batch["document_text"])
-            features = {
-                "query_token_ids": tf.cast(q["token_ids"], tf.int32),
-                "query_padding_mask": tf.cast(q["padding_mask"], tf.int32),
-                "document_token_ids": tf.cast(d["token_ids"], tf.int32),
-                "document_padding_mask": tf.cast(d["padding_mask"], tf.int32),
-            }
+            features = data_lib.pair_features(query_tokenizer, doc_tokenizer,
+                                              batch["query_text"], batch["document_text"])
             rows = tf.gather(doc_table.read_value(), batch["query_row"])  # [B, Hd]
             grouped(doc_tokenizer, tf.gather(corpus_texts, rows), hd,
                     "hard_negative_document_", features)
