@@ -76,8 +76,19 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             "the learning rate, raise the temperature, or use mixed_bfloat16/float32.")
 
 
+def _rng_states(model):
+    """Keras 3 dropout seed-generator states: in ``model.variables`` but not reached by
+    ``tf.train.Checkpoint(model=...)``; without them a resumed run draws other masks."""
+    return [v for v in model.variables
+            if "seed_generator_state" in (getattr(v, "path", None) or v.name)]
+
+
 def _model_checkpoint(model):
-    return tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    parts = {"model": model, "optimizer": model.optimizer}
+    states = _rng_states(model)
+    if states:
+        parts["rng_states"] = states
+    return tf.train.Checkpoint(**parts)
 
 
 def _build_optimizer(model):

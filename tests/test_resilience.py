@@ -117,6 +117,34 @@ def test_exception_mid_epoch_then_resume_gives_identical_weights(encoder_path, u
     assert outcome["history"]["loss"][-1] == pytest.approx(full["history"]["loss"][-1], abs=1e-6)
 
 
+@pytest.mark.skipif(not samtone_tf.IS_KERAS3, reason="keras-hub towers train in Keras 3 models")
+def test_resume_with_dropout_replays_the_same_masks(tmp_path):
+    """Keras 3 dropout draws from seed-generator state variables; they are checkpointed too,
+    so a resumed run with dropout still ends with the uninterrupted weights."""
+
+    def model():
+        keras.utils.set_random_seed(0)
+        m = samtone_tf.DualEncoder(_tiny.tiny_backbone(seed=1, dropout=0.1), architecture="sde",
+                                   projection_dim=8)
+        m.compile(optimizer=keras.optimizers.Adam(1e-3), loss=samtone_tf.SamToNeLoss())
+        m(next(iter(_dataset()))[0])
+        return m
+
+    args = dict(epochs=2, steps_per_epoch=STEPS, every_steps=5, verbose=0)
+    reference = model()
+    resilience.fit_resumable(reference, _dataset, checkpoint_dir=str(tmp_path / "a"), **args)
+    with pytest.raises(_Interrupt):
+        resilience.fit_resumable(model(), _dataset, checkpoint_dir=str(tmp_path / "b"),
+                                 callbacks=[_RaiseAtStep(7)], **args)
+    resumed = model()
+    assert resilience.fit_resumable(resumed, _dataset, checkpoint_dir=str(tmp_path / "b"),
+                                    **args)["resumed_from_step"] == 5
+    assert _max_diff(_weights(resumed), _weights(reference)) <= 1e-6
+    # Dropout is really on: the same weights give different training-mode outputs.
+    features = next(iter(_dataset()))[0]
+    assert not np.allclose(resumed(features, training=True), resumed(features, training=True))
+
+
 def test_one_shuffled_dataset_object_would_replay_other_batches():
     """Why fit_resumable takes a dataset *function*: two iterators of one shuffled dataset
     object see different orders, fresh objects replay the same one."""
