@@ -35,6 +35,16 @@ class NonFiniteLossError(RuntimeError):
     """The training loss (or a weight about to be checkpointed) became NaN or infinite."""
 
 
+def _numpy(variable):
+    """A variable's value as a NumPy array: Keras 3 variables, tf.Variables and distributed
+    (e.g. Mirrored) variables alike (``np.asarray`` fails on the latter under Keras 2)."""
+    return np.asarray(tf.convert_to_tensor(variable))
+
+
+def _optimizer_step(model):
+    return int(_numpy(model.optimizer.iterations))
+
+
 def _as_float(value):
     try:
         return float(np.asarray(value))
@@ -65,7 +75,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         loss = _as_float(logs.get("loss"))
         if loss is None or math.isfinite(loss):
             return
-        step = int(np.asarray(self.model.optimizer.iterations))
+        step = _optimizer_step(self.model)
         where = ("no checkpoint was written" if self.checkpoint is None
                  else self.checkpoint.describe_latest())
         raise NonFiniteLossError(
@@ -112,7 +122,7 @@ def _strategy_scope(model):
 def _non_finite_variables(variables):
     bad = []
     for variable in variables:
-        value = np.asarray(variable)
+        value = _numpy(variable)
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
             bad.append(getattr(variable, "path", None) or variable.name)
     return bad
@@ -154,7 +164,7 @@ class StepCheckpoint(keras.callbacks.Callback):
         return f"the last checkpoint is {latest}" if latest else "no checkpoint was written yet"
 
     def _step(self):
-        return int(np.asarray(self.model.optimizer.iterations))
+        return _optimizer_step(self.model)
 
     def save(self):
         step = self._step()
@@ -200,7 +210,7 @@ def restore_latest(model, directory):
         _build_optimizer(model)
         status = _model_checkpoint(model).restore(latest)
         status.assert_existing_objects_matched()
-    return int(np.asarray(model.optimizer.iterations))
+    return _optimizer_step(model)
 
 
 def fit_resumable(model, dataset, *, epochs, steps_per_epoch, checkpoint_dir, every_steps=None,
