@@ -120,6 +120,20 @@ def _replica_encoders(model, query_tokenizer, document_tokenizer, strategy):
     return split(encode_queries), split(encode_documents)
 
 
+def _checked_table(name, table, expected, limit, what, excluded, describe):
+    """``table`` as an array, or a ValueError: wrong shape, rows outside ``[0, limit)``, or a
+    row ``r`` holding one of ``excluded[r]`` (``describe(r)`` ends the message)."""
+    table = np.asarray(table)
+    if table.shape != expected:
+        raise ValueError(f"{name} has shape {table.shape}; expected {expected}.")
+    if table.min() < 0 or table.max() >= limit:
+        raise ValueError(f"{name} holds rows outside {what}.")
+    for r, row in enumerate(table):
+        if excluded[r].intersection(row.tolist()):
+            raise ValueError(f"{name} row {r} {describe(r)}")
+    return table
+
+
 class HardNegativeMiner:
     """Training pairs, corpus, positives, tokenizers and the current hard-negative tables.
 
@@ -255,27 +269,15 @@ class HardNegativeMiner:
 
     def set_tables(self, document_table, query_table=None):
         """Replaces the tables (checked: shapes, ranges, no positive among the negatives)."""
-        document_table = np.asarray(document_table)
-        expected = (len(self.query_ids), self.num_hard_documents)
-        if document_table.shape != expected:
-            raise ValueError(f"document_table has shape {document_table.shape}; expected {expected}.")
-        if document_table.min() < 0 or document_table.max() >= len(self.doc_ids):
-            raise ValueError("document_table holds rows outside the corpus.")
-        for r, row in enumerate(document_table):
-            if self._excluded_docs[r].intersection(row.tolist()):
-                raise ValueError(f"document_table row {r} (query {self.query_ids[r]!r}) holds "
-                                 "one of its positives.")
+        document_table = _checked_table(
+            "document_table", document_table, (len(self.query_ids), self.num_hard_documents),
+            len(self.doc_ids), "the corpus", self._excluded_docs,
+            lambda r: f"(query {self.query_ids[r]!r}) holds one of its positives.")
         if self.num_hard_queries:
-            query_table = np.asarray(query_table)
-            expected = (len(self.positive_doc_ids), self.num_hard_queries)
-            if query_table.shape != expected:
-                raise ValueError(f"query_table has shape {query_table.shape}; expected {expected}.")
-            if query_table.min() < 0 or query_table.max() >= len(self.query_ids):
-                raise ValueError("query_table holds rows outside the training queries.")
-            for p, row in enumerate(query_table):
-                if self._excluded_queries[p].intersection(row.tolist()):
-                    raise ValueError(f"query_table row {p} (document {self.positive_doc_ids[p]!r}) "
-                                     "holds a query paired with it.")
+            query_table = _checked_table(
+                "query_table", query_table, (len(self.positive_doc_ids), self.num_hard_queries),
+                len(self.query_ids), "the training queries", self._excluded_queries,
+                lambda p: f"(document {self.positive_doc_ids[p]!r}) holds a query paired with it.")
             self._query_table.assign(query_table.astype(np.int32))
         elif query_table is not None:
             raise ValueError("query_table given but num_hard_queries is 0.")
