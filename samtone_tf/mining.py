@@ -43,10 +43,11 @@ steps of ``t`` seconds each this adds ``(N / r_d + Q / r_q) / (n * t)`` to the t
 time. Measured on 2 shared CPU cores (``python -m tests.mining_cost``; tiny 2-layer, 32-wide
 encoder, document length 64, query length 24; SciFact slice of 1,127 documents and 200
 training queries): 2.7 s per refresh, ≈ 500 texts/s for the encoding, search 0.03 s.
-With all-MiniLM-L6-v2 at length 256 (≈ 32 documents/s on these 2 cores, DESIGN.md) one
-refresh of the full SciFact corpus (5,183 documents + 809 queries) costs ≈ 3 minutes, i.e.
-about 110 training steps at batch 32 (≈ 1.5 s each): refreshing every 1,000 steps adds
-≈ 11 %, every 100 steps more than doubles the training time. ANCE refreshes
+An estimate, not a measurement, for all-MiniLM-L6-v2 at length 256: this project measured
+its TF encoding at ≈ 8 documents/s on these 2 cores (5 under load; DESIGN.md's 32 did not
+hold here), so one refresh of the full SciFact corpus (5,183 documents + 809 short queries)
+costs ≈ 11 minutes, to be weighed against the steps between refreshes with the formula
+above. ANCE refreshes
 asynchronously on separate devices for this reason; here it is synchronous.
 
 Read-ahead: batches the input pipeline produced before a refresh (its prefetch buffer, a
