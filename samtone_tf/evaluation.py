@@ -136,30 +136,68 @@ def text_encoders(model, *, batch_size=64, query_max_length=None, document_max_l
     return query_fn, document_fn
 
 
-def encoder_tf_functions(model, query_tokenizer, document_tokenizer):
-    """``(encode_queries, encode_documents)``: ``tf.function``s from a 1-D string tensor to
-    the live DualEncoder's embeddings (usable inside ``strategy.run``)."""
+def trim_padding(features):
+    """Cuts ``token_ids`` / ``padding_mask`` ``[B, L]`` to the longest text of the batch.
+
+    The tokenizers pad every text to their ``max_length`` (static shapes for training under
+    ``tf.distribute``); for encoding, the positions after the batch's longest text are
+    padding in every row, and the encoders mask them out, so dropping them leaves the
+    embeddings unchanged (up to float rounding) and saves their compute: short texts encode
+    in proportion to their real length. Keeps at least one position.
+    """
     import tensorflow as tf
+
+    mask = features["padding_mask"]
+    length = tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), axis=1))
+    length = tf.maximum(length, 1)
+    return {key: value[:, :length] for key, value in features.items()}
+
+
+def encoder_tf_functions(model, query_tokenizer, document_tokenizer, trim=True):
+    """``(encode_queries, encode_documents)``: ``tf.function``s from a 1-D string tensor to
+    the live DualEncoder's embeddings (usable inside ``strategy.run``). With ``trim`` (the
+    default) each batch is padded only to its longest text (:func:`trim_padding`); pass
+    ``trim=False`` for an encoder that only accepts the tokenizer's full length."""
+    import tensorflow as tf
+
+    def prepare(features):
+        return trim_padding(features) if trim else features
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], reduce_retracing=True)
     def encode_queries(texts):
-        return model.encode_queries(query_tokenizer(texts))
+        return model.encode_queries(prepare(query_tokenizer(texts)))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], reduce_retracing=True)
     def encode_documents(texts):
-        return model.encode_documents(document_tokenizer(texts))
+        return model.encode_documents(prepare(document_tokenizer(texts)))
 
     return encode_queries, encode_documents
 
 
 def dual_encoder_fns(model, query_tokenizer, document_tokenizer):
-    """``(query_fn, document_fn)`` over a live DualEncoder and its tokenizers."""
+    """``(query_fn, document_fn)`` over a live DualEncoder and its tokenizers: lists of
+    strings to ``[n, dim]`` embeddings, each batch padded to its longest text. An encoder
+    that rejects the shorter length on the first call (e.g. a SavedModel whose signature
+    fixes the sequence length) is used at the tokenizer's full length from then on."""
     import tensorflow as tf
 
-    encode_queries, encode_documents = encoder_tf_functions(model, query_tokenizer,
-                                                            document_tokenizer)
-    return (lambda texts: encode_queries(tf.constant(texts)),
-            lambda texts: encode_documents(tf.constant(texts)))
+    trimmed = encoder_tf_functions(model, query_tokenizer, document_tokenizer, trim=True)
+    chosen = [None, None]
+
+    def call(tower, texts):
+        texts = tf.constant(texts)
+        if chosen[tower] is None:
+            try:
+                out = trimmed[tower](texts)
+            except (ValueError, TypeError, tf.errors.InvalidArgumentError):
+                chosen[tower] = encoder_tf_functions(
+                    model, query_tokenizer, document_tokenizer, trim=False)[tower]
+            else:
+                chosen[tower] = trimmed[tower]
+                return out
+        return chosen[tower](texts)
+
+    return (lambda texts: call(0, texts)), (lambda texts: call(1, texts))
 
 
 def format_metrics(metrics):

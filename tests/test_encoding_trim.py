@@ -1,0 +1,74 @@
+"""Encoding pads each batch only to its longest text (evaluation.trim_padding), with the same
+embeddings as the tokenizer's full length, and falls back to the full length for an encoder
+that rejects shorter inputs."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from samtone_tf import evaluation, retrieval
+from tests import mining_worker
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import os
+
+    if not os.path.isdir(mining_worker.SCIFACT):
+        pytest.skip("../shared/data/scifact is not beside the repository")
+    from samtone_tf._keras import keras
+    from samtone_tf.model import DualEncoder
+
+    directory = str(tmp_path_factory.mktemp("trim"))
+    corpus, _, pairs = mining_worker.scifact_slice(num_queries=10, num_other_docs=30)
+    qt, dt = mining_worker.tokenizers(directory, corpus, pairs, query_length=24,
+                                      document_length=64)
+    keras.utils.set_random_seed(0)
+    model = DualEncoder(mining_worker.encoder(directory, seed=2), architecture="sde")
+    # real texts: claims (short) and abstract titles (short) and abstracts (long)
+    short = [p[1] for p in pairs][:10]
+    docs = list(corpus.values())[:20]
+    return model, qt, dt, short, docs
+
+
+def test_trim_padding_cuts_to_the_longest_text():
+    features = {"token_ids": tf.constant([[5, 6, 7, 0, 0, 0], [5, 6, 0, 0, 0, 0]]),
+                "padding_mask": tf.constant([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])}
+    out = evaluation.trim_padding(features)
+    np.testing.assert_array_equal(out["token_ids"], [[5, 6, 7], [5, 6, 0]])
+    np.testing.assert_array_equal(out["padding_mask"], [[1, 1, 1], [1, 1, 0]])
+    empty = evaluation.trim_padding({"token_ids": tf.zeros([0, 6], tf.int32),
+                                     "padding_mask": tf.zeros([0, 6], tf.int32)})
+    assert empty["token_ids"].shape == (0, 1)
+
+
+def test_trimmed_embeddings_equal_full_length(setup):
+    model, qt, dt, short, docs = setup
+    query_fn, doc_fn = evaluation.dual_encoder_fns(model, qt, dt)
+    for fn, encode, tok, texts in ((query_fn, model.encode_queries, qt, short),
+                                   (doc_fn, model.encode_documents, dt, docs + short)):
+        full = encode(tok(tf.constant(texts))).numpy()
+        trimmed = retrieval.encode_corpus(fn, texts, 4, progress=False)
+        np.testing.assert_allclose(trimmed, full, atol=1e-5)
+    # the short texts really are encoded shorter than the tokenizer's length
+    lengths = evaluation.trim_padding(dt(tf.constant(short)))["token_ids"].shape[1]
+    assert lengths < 64
+
+
+def test_encoder_rejecting_short_inputs_falls_back_to_full_length(setup):
+    model, qt, dt, short, _ = setup
+
+    class FixedLength:
+        """Raises like a SavedModel whose signature fixes the length at 24."""
+
+        def encode_queries(self, features):
+            if features["token_ids"].shape[1] != 24:
+                raise ValueError("Could not find matching concrete function to call.")
+            return model.encode_queries(features)
+
+        encode_documents = encode_queries
+
+    query_fn, _ = evaluation.dual_encoder_fns(FixedLength(), qt, dt)
+    expected = model.encode_queries(qt(tf.constant(short))).numpy()
+    np.testing.assert_allclose(query_fn(short), expected, atol=1e-6)
+    np.testing.assert_allclose(query_fn(short[:3]), expected[:3], atol=1e-6)
