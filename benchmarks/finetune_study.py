@@ -16,7 +16,7 @@ the loss study), the in-batch baseline vs SamToNe (query side) by default, archi
 Fixed for every run, chosen a priori (no sweep is affordable here): batch 32, temperature 0.05,
 query/document lengths 32/64, Adam with a linear warm-up over the first 10% of the steps then
 linear decay, peak learning rate 3e-5, ``--steps`` steps. The seed sets the initial projection
-(ADE-SPL) and the batch order. The zero-shot row evaluates the untrained model of seed 0.
+(ADE-SPL) and the batch order. The zero-shot row evaluates each architecture's untrained model (seed 0).
 
 Outputs ``--output`` JSON (every run) and a markdown table beside it (``.md``), also printed.
 """
@@ -124,7 +124,7 @@ def summarize(runs):
 def markdown(rows, zero_shot):
     lines = ["| loss | arch | P@1 | MRR | ΔMRR vs in-batch (better/seeds) |", "|---|---|---|---|---|"]
     for arch, metrics in zero_shot.items():
-        lines.append(f"| zero-shot (untrained, seed 0) | {arch.upper()} | {metrics['p@1']:.4f} | "
+        lines.append(f"| zero-shot (untrained) | {arch.upper()} | {metrics['p@1']:.4f} | "
                      f"{metrics['mrr']:.4f} | – |")
     for row in rows:
         d = row.get("paired_diff_mrr")
@@ -134,6 +134,13 @@ def markdown(rows, zero_shot):
                      + (f"{d['mean']:+.4f} ± {d['std']:.4f} ({d['better']}/{d['of']})" if d else "–")
                      + " |")
     return "\n".join(lines)
+
+
+def write(output, runs, zero_shot, partial):
+    """Progress after each run (the final write replaces it with the full result)."""
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w", encoding="utf-8") as f:
+        json.dump({"partial": partial, "runs": runs, "zero_shot": zero_shot}, f, indent=2)
 
 
 def main(argv=None):
@@ -150,6 +157,8 @@ def main(argv=None):
     parser.add_argument("--document-max-length", type=int, default=64)
     parser.add_argument("--eval-queries", type=int, default=None, help="default 1000 (quick: 40)")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in --output and do the missing ones")
     args = parser.parse_args(argv)
     variants, archs = args.variants.split(","), args.architectures.split(",")
     for v in variants:
@@ -175,18 +184,28 @@ def main(argv=None):
     print(f"{len(pairs)} training pairs; evaluation: {len(eval_data[2])} queries, "
           f"{len(eval_data[0])} candidates", flush=True)
     runs, zero_shot = [], {}
-    for arch in archs:
-        for variant in variants:
-            for seed in range(seeds):
-                first = seed == 0 and arch not in zero_shot
+    if args.resume and os.path.exists(output):
+        with open(output, encoding="utf-8") as f:
+            previous = json.load(f)
+        runs, zero_shot = previous["runs"], previous["zero_shot"]
+        print(f"resuming: {len(runs)} runs already in {output}", flush=True)
+    done = {(r["architecture"], r["variant"], r["seed"]) for r in runs}
+    # seed-major order: a run stopped early still has whole seeds of every cell
+    for seed in range(seeds):
+        for arch in archs:
+            for variant in variants:
+                if (arch, variant, seed) in done:
+                    continue
+                first = arch not in zero_shot
                 record = run_one(variant, arch, seed, steps, pairs, eval_data, args,
                                  evaluate_before=first)
                 if first:
-                    zero_shot[arch] = record["metrics_before"]
+                    zero_shot[arch] = dict(record["metrics_before"], seed=seed)
                 runs.append(record)
                 print(f"  {arch} {variant} seed {seed}: MRR {record['metrics']['mrr']:.4f} "
                       f"P@1 {record['metrics']['p@1']:.4f} (train {record['train_seconds']} s)",
                       flush=True)
+                write(output, runs, zero_shot, partial=True)
     rows = summarize(runs)
     table = markdown(rows, zero_shot)
     settings = (f"SQuAD ReQA, 80/20 article split (seed 0), {len(pairs)} training pairs; "
