@@ -467,10 +467,12 @@ def main(argv=None):
     for a in archs:
         if a not in ARCHITECTURES:
             parser.error(f"unknown architecture {a!r}; known: {', '.join(ARCHITECTURES)}")
-    seeds = args.seeds or (2 if args.quick else 5)
-    steps = args.steps or (20 if args.quick else 300)
+    seeds = args.seeds if args.seeds is not None else (2 if args.quick else 5)
+    steps = args.steps if args.steps is not None else (20 if args.quick else 300)
     if seeds < 1 or steps < 1 or args.batch_size < 2:
         parser.error("--seeds and --steps must be >= 1 and --batch-size >= 2.")
+    if args.refresh_every is not None and args.refresh_every < 1:
+        parser.error("--refresh-every must be >= 1.")
     refresh_every = args.refresh_every or max(1, steps // 4)
     doc_len = args.document_max_length or (64 if args.dataset == "reqa" else 256)
     suffix = "_quick" if args.quick else ""
@@ -491,7 +493,9 @@ def main(argv=None):
     features_seconds = time.time() - started
 
     tuning = None
-    if args.learning_rate:
+    if args.learning_rate is not None:
+        if not args.learning_rate > 0:
+            parser.error("--learning-rate must be > 0.")
         learning_rate = args.learning_rate
     elif args.quick:
         learning_rate = 1e-3
