@@ -136,11 +136,12 @@ def markdown(rows, zero_shot):
     return "\n".join(lines)
 
 
-def write(output, runs, zero_shot, partial):
+def write(output, runs, zero_shot, partial, commands=()):
     """Progress after each run (the final write replaces it with the full result)."""
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w", encoding="utf-8") as f:
-        json.dump({"partial": partial, "runs": runs, "zero_shot": zero_shot}, f, indent=2)
+        json.dump({"partial": partial, "runs": runs, "zero_shot": zero_shot,
+                   "commands": list(commands)}, f, indent=2)
 
 
 def main(argv=None):
@@ -183,11 +184,14 @@ def main(argv=None):
     pairs, eval_data = load(args.data, eval_queries)
     print(f"{len(pairs)} training pairs; evaluation: {len(eval_data[2])} queries, "
           f"{len(eval_data[0])} candidates", flush=True)
-    runs, zero_shot = [], {}
+    runs, zero_shot, earlier_commands = [], {}, []
     if args.resume and os.path.exists(output):
         with open(output, encoding="utf-8") as f:
             previous = json.load(f)
         runs, zero_shot = previous["runs"], previous["zero_shot"]
+        # the runs kept may come from invocations with other --variants/--architectures
+        earlier_commands = previous.get("commands") or (
+            [previous["command"]] if previous.get("command") else [])
         print(f"resuming: {len(runs)} runs already in {output}", flush=True)
     done = {(r["architecture"], r["variant"], r["seed"]) for r in runs}
     # seed-major order: a run stopped early still has whole seeds of every cell
@@ -205,7 +209,7 @@ def main(argv=None):
                 print(f"  {arch} {variant} seed {seed}: MRR {record['metrics']['mrr']:.4f} "
                       f"P@1 {record['metrics']['p@1']:.4f} (train {record['train_seconds']} s)",
                       flush=True)
-                write(output, runs, zero_shot, partial=True)
+                write(output, runs, zero_shot, partial=True, commands=earlier_commands)
     rows = summarize(runs)
     table = markdown(rows, zero_shot)
     settings = (f"SQuAD ReQA, 80/20 article split (seed 0), {len(pairs)} training pairs; "
@@ -215,13 +219,15 @@ def main(argv=None):
                 f"(linear warm-up 10%, linear decay), temperature 0.05, lengths "
                 f"{args.query_max_length}/{args.document_max_length}; seeds 0..{seeds - 1}; "
                 "mean ± sample std over seeds.")
+    command = "python " + " ".join([os.path.relpath(__file__)] + (
+        sys.argv[1:] if argv is None else list(argv)))
+    in_runs = sorted({r["variant"] for r in runs}, key=list(VARIANTS).index)
     result = dict(settings=dict(vars(args), seeds=seeds, steps=steps, eval_queries=eval_queries,
-                                variant_definitions={v: VARIANTS[v] for v in variants}),
+                                variant_definitions={v: VARIANTS[v] for v in in_runs}),
                   description=settings, zero_shot=zero_shot, summary=rows, runs=runs,
                   seconds=round(time.time() - started, 1), tensorflow=tf.__version__,
-                  keras=samtone_tf.KERAS_VERSION,
-                  command="python " + " ".join([os.path.relpath(__file__)] + (
-                      sys.argv[1:] if argv is None else list(argv))))
+                  keras=samtone_tf.KERAS_VERSION, command=command,
+                  commands=earlier_commands + [command])
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
