@@ -473,6 +473,14 @@ def main(argv=None):
         parser.error("--seeds and --steps must be >= 1 and --batch-size >= 2.")
     if args.refresh_every is not None and args.refresh_every < 1:
         parser.error("--refresh-every must be >= 1.")
+    if args.learning_rate is not None and not args.learning_rate > 0:
+        parser.error("--learning-rate must be > 0.")
+    try:
+        rates = [float(x) for x in args.sweep.split(",")]
+    except ValueError:
+        parser.error(f"--sweep must be comma-separated learning rates, got {args.sweep!r}.")
+    if not all(rate > 0 for rate in rates):
+        parser.error(f"--sweep learning rates must be > 0, got {args.sweep!r}.")
     refresh_every = args.refresh_every or max(1, steps // 4)
     doc_len = args.document_max_length or (64 if args.dataset == "reqa" else 256)
     suffix = "_quick" if args.quick else ""
@@ -494,13 +502,10 @@ def main(argv=None):
 
     tuning = None
     if args.learning_rate is not None:
-        if not args.learning_rate > 0:
-            parser.error("--learning-rate must be > 0.")
         learning_rate = args.learning_rate
     elif args.quick:
         learning_rate = 1e-3
     else:
-        rates = [float(x) for x in args.sweep.split(",")]
         learning_rate, tuning = study.tune(rates, steps)
     print(f"learning rate {learning_rate:g}, {steps} steps, batch {args.batch_size}, "
           f"{seeds} seeds", flush=True)

@@ -132,6 +132,11 @@ def _quantile(values, q):
     return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
+def _rotated(names, r):
+    """The variant order of round ``r``: rotated by ``r``, so drift hits all alike."""
+    return names[r % len(names):] + names[:r % len(names)]
+
+
 def _load():
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -353,7 +358,7 @@ def main(argv=None):
     names = args.variant_names
     order_log = []
     for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = _rotated(names, r)
         order_log.append(order)
         for name in order:
             model = models[name]["model"]
@@ -423,7 +428,7 @@ def main(argv=None):
         loss_fns[name](stacked)  # trace
     loss_seconds = {name: [] for name in names}
     for r in range(args.loss_repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in _rotated(names, r):
             started = time.perf_counter()
             for _ in range(args.loss_calls):
                 value, gradient = loss_fns[name](stacked)

@@ -126,5 +126,13 @@ def test_bad_arguments_are_rejected(study_module, capsys):
     assert "unknown variant 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         study_module.main(["--dataset", "reqa", "--steps", "0"])
+    for bad, message in ((["--learning-rate", "0"], "--learning-rate must be > 0"),
+                         (["--refresh-every", "0"], "--refresh-every must be >= 1"),
+                         (["--sweep", "1e-3,fast"], "--sweep must be comma-separated"),
+                         (["--sweep", "1e-3,-1"], "--sweep learning rates must be > 0")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):  # rejected before any data is read or encoded
+            study_module.main(["--dataset", "reqa", "--quick"] + bad)
+        assert message in capsys.readouterr().err
     with pytest.raises(ValueError, match="architecture"):
         study_module.make_head_model(4, "ade-spl")
