@@ -3,7 +3,9 @@
 Order of preference in :func:`get_strategy`:
 
 1. TPU: ``TPUStrategy`` when a TPU cluster resolver finds one (``tpu`` names it; with
-   ``tpu=None`` auto-detection is attempted and silently skipped when it fails).
+   ``tpu=None`` auto-detection is attempted: where no TPU is configured at all it is skipped
+   with a debug log line; a TPU that is found but fails to connect or initialise is skipped
+   with a logged warning that names the error).
 2. Several workers: ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` describes a cluster
    with more than one worker/chief task (one process per machine, or several processes on
    one machine with ``127.0.0.1`` ports for tests).
@@ -20,9 +22,12 @@ Pure TensorFlow; no Keras.
 """
 
 import json
+import logging
 import os
 
 import tensorflow as tf
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "get_strategy",
@@ -87,15 +92,35 @@ def configure_cpu_replicas(n):
 
 
 def _find_tpu(tpu):
-    """Returns a connected, initialised TPUClusterResolver, or None."""
+    """Returns a connected, initialised TPUClusterResolver, or None.
+
+    With ``tpu=None``: the resolver's constructor raises ValueError when the environment
+    names no TPU (no ``TPU_NAME``, not on a Cloud TPU node), the usual "no TPU here" case,
+    logged at debug level only. A failure after that (a TPU was found but connecting or
+    initialising it failed), or any other constructor error, is logged as a warning naming
+    the exception before falling back to the other devices.
+    """
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return resolver
     except Exception as e:  # noqa: BLE001 - resolver failures come in many types
         if tpu is not None:
             raise RuntimeError(f"Could not connect to TPU {tpu!r}: {e}") from e
+        if isinstance(e, ValueError):  # "Please provide a TPU Name to connect to."
+            logger.debug("No TPU found (%s); not using TPUStrategy.", e)
+        else:
+            logger.warning("TPU auto-detection failed with %s: %s; falling back to "
+                           "GPU/CPU devices.", type(e).__name__, e)
+        return None
+    try:
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return resolver
+    except Exception as e:  # noqa: BLE001 - connection failures come in many types
+        if tpu is not None:
+            raise RuntimeError(f"Could not connect to TPU {tpu!r}: {e}") from e
+        logger.warning("A TPU was found but could not be connected or initialised (%s: %s); "
+                       "falling back to GPU/CPU devices. Pass tpu=... to make this an error.",
+                       type(e).__name__, e)
         return None
 
 
@@ -104,7 +129,8 @@ def get_strategy(tpu=None, num_cpu_replicas=None):
 
     Args:
       tpu: TPU name/address for ``TPUClusterResolver`` (``"local"`` on a TPU VM). If given
-        and unreachable, a RuntimeError is raised; if None, a TPU is auto-detected.
+        and unreachable, a RuntimeError is raised; if None, a TPU is auto-detected (a TPU
+        that is found but fails to initialise is logged as a warning, then skipped).
       num_cpu_replicas: if set and no TPU / multi-worker cluster / GPU is found, mirror
         over this many logical CPU devices (configured here if TF is not yet initialised).
 

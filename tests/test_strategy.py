@@ -149,3 +149,57 @@ print("RESULT", json.dumps({"mwms": isinstance(s, tf.distribute.MultiWorkerMirro
                 p.kill()
     for res in results:
         assert res == {"mwms": True, "n": 2, "sum": 11.0}
+
+
+class _FoundResolver:
+    """A TPUClusterResolver stand-in that 'finds' a TPU (its constructor succeeds)."""
+
+    def __init__(self, tpu=None):
+        self.tpu = tpu
+
+
+def _fail_connect(resolver):
+    raise tf.errors.UnavailableError(None, None, "failed to connect to all addresses")
+
+
+@no_gpu
+def test_auto_detected_tpu_that_fails_to_initialise_is_a_warning(monkeypatch, caplog):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", _FoundResolver)
+    monkeypatch.setattr(tf.config, "experimental_connect_to_cluster", _fail_connect)
+    with caplog.at_level("DEBUG", logger="samtone_tf.strategy"):
+        strategy = get_strategy()
+    assert strategy is tf.distribute.get_strategy()  # fell back to the default strategy
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, caplog.text
+    assert "could not be connected or initialised" in warnings[0].getMessage()
+    assert "UnavailableError: failed to connect to all addresses" in warnings[0].getMessage()
+    # a named TPU that fails is an error, not a warning
+    with pytest.raises(RuntimeError, match="Could not connect to TPU 'my-tpu': failed to connect"):
+        get_strategy(tpu="my-tpu")
+
+
+@no_gpu
+def test_no_tpu_at_all_stays_quiet_but_other_resolver_errors_warn(monkeypatch, caplog):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+
+    def not_found(tpu=None):
+        raise ValueError("Please provide a TPU Name to connect to.")
+
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", not_found)
+    with caplog.at_level("DEBUG", logger="samtone_tf.strategy"):
+        assert get_strategy() is tf.distribute.get_strategy()
+    assert [r.levelname for r in caplog.records] == ["DEBUG"], caplog.text
+    assert "No TPU found (Please provide a TPU Name" in caplog.records[0].getMessage()
+
+    caplog.clear()
+
+    def broken(tpu=None):
+        raise ImportError("No module named 'googleapiclient'")
+
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", broken)
+    with caplog.at_level("DEBUG", logger="samtone_tf.strategy"):
+        assert get_strategy() is tf.distribute.get_strategy()
+    assert [r.levelname for r in caplog.records] == ["WARNING"], caplog.text
+    assert ("TPU auto-detection failed with ImportError: No module named 'googleapiclient'"
+            in caplog.records[0].getMessage())
