@@ -80,7 +80,7 @@ def _same_dim(name, a, b, axis_a, axis_b, what, other="queries"):
         raise ValueError(f"`{name}` {what} {da} does not match `{other}` ({db}).")
 
 
-def _validate_tensors(q, d, hd, hq, qid, did):
+def _validate_tensors(q, d, hd, hq, qid, did, hdid=None, hqid=None):
     _static_rank("queries", q, 2)
     _static_rank("documents", d, 2)
     if q.shape[0] == 0:
@@ -102,6 +102,25 @@ def _validate_tensors(q, d, hd, hq, qid, did):
         if ids is not None:
             _static_rank(name, ids, 1)
             _same_dim(name, ids, q, 0, 0, "batch size")
+    for name, ids, h, h_name, needs, needs_name in (
+            ("hard_negative_document_ids", hdid, hd, "hard_negative_documents", did,
+             "document_ids"),
+            ("hard_negative_query_ids", hqid, hq, "hard_negative_queries", qid, "query_ids")):
+        if ids is None:
+            continue
+        if h is None:
+            raise ValueError(f"`{name}` given without `{h_name}`.")
+        if needs is None:
+            raise ValueError(
+                f"`{name}` needs `{needs_name}`: a hard negative is dropped when its id is one "
+                f"of the anchor's positives, which are known by their `{needs_name}`.")
+        _static_rank(name, ids, 2)
+        _same_dim(name, ids, q, 0, 0, "batch size")
+        _same_dim(name, ids, h, 1, 1, "count", other=h_name)
+    for name, ids in (("query_ids", qid), ("document_ids", did),
+                      ("hard_negative_document_ids", hdid), ("hard_negative_query_ids", hqid)):
+        if ids is not None and not ids.dtype.is_integer:
+            raise ValueError(f"`{name}` must be integers, got {ids.dtype.name}.")
 
 
 def _compute_dtype(x):
@@ -111,12 +130,27 @@ def _compute_dtype(x):
 
 
 def _masked(logits, keep):
-    """Logits with entries where ``keep`` is False set to the dtype's most negative value.
+    """Logits with entries where ``keep`` is False set to the dtype's most negative value
+    (``keep=None`` keeps every entry).
 
     The finite minimum (not -inf) keeps gradients NaN-free; after the max-subtraction of
-    ``reduce_logsumexp`` such entries contribute exp(-huge) = 0 exactly.
+    ``reduce_logsumexp`` such entries contribute exp(-huge) = 0 exactly, and ``tf.where``
+    passes them no gradient.
     """
+    if keep is None:
+        return logits
     return tf.where(keep, logits, tf.fill(tf.shape(logits), logits.dtype.min))
+
+
+def _any_match(group, ids, candidate_ids):
+    """``[b, C]`` bool: whether ``candidate_ids[c]`` equals ``ids[j]`` for some ``j`` with
+    ``group[i, j]`` (``group`` ``[b, B]`` bool, ``ids`` ``[B]``, ``candidate_ids`` ``[C]``).
+
+    A 0/1 matrix product instead of a ``[b, B, C]`` boolean tensor: counts are exact in
+    float32 below 2**24, far above any batch.
+    """
+    equal = tf.cast(tf.equal(ids[:, None], candidate_ids[None, :]), tf.float32)  # [B, C]
+    return tf.matmul(tf.cast(group, tf.float32), equal) > 0
 
 
 def _ce_from_parts(positive, parts):
@@ -127,7 +161,8 @@ def _ce_from_parts(positive, parts):
 def contrastive_loss(queries, documents, *, temperature, similarity="cosine", same_tower="query",
                      bidirectional=False, dual_weight=1.0, partition="separate",
                      hard_negative_documents=None, hard_negative_queries=None,
-                     query_ids=None, document_ids=None):
+                     query_ids=None, document_ids=None, hard_negative_document_ids=None,
+                     hard_negative_query_ids=None):
     r"""Per-example contrastive loss of a dual encoder, with same-tower negatives.
 
     With :math:`s(a, b)` the cosine (or dot) similarity divided by :math:`\tau`, the
@@ -149,10 +184,20 @@ def contrastive_loss(queries, documents, *, temperature, similarity="cosine", sa
       term of both rows, :math:`L_i = -s(q_i, d_i) + \log\sum \exp(\text{all terms})`; the
       positive then appears twice in the partition when bidirectional.
 
-    Self-similarities :math:`s(q_i, q_i)`, :math:`s(d_i, d_i)` never count. When
-    ``document_ids`` is given, every :math:`d_j` (:math:`j \ne i`) with ``document_ids[j] ==
-    document_ids[i]`` leaves every denominator of anchor *i* (it is a false negative);
-    likewise ``query_ids`` for :math:`q_j`.
+    Self-similarities :math:`s(q_i, q_i)`, :math:`s(d_i, d_i)` never count.
+
+    False negatives. Examples *i* and *j* are *linked* when they share a query id or a
+    document id (``query_ids[i] == query_ids[j]`` or ``document_ids[i] == document_ids[j]``,
+    for the ids given). No item of a linked example is a negative of the other: for a linked
+    :math:`j \ne i`, :math:`q_j` and :math:`d_j` leave every row of anchor *i*
+    (query->document, query->query, document->query, document->document; separate or joint
+    partition). The positive :math:`s(q_i, d_i)` always stays. The *positives of* :math:`q_i`
+    are the document ids of the examples sharing its query id (its own included); a
+    hard-negative document whose id (``hard_negative_document_ids``) is one of them leaves
+    anchor *i*'s rows. Likewise the *positives of* :math:`d_i` are the query ids of the
+    examples sharing its document id, and a hard-negative query whose id
+    (``hard_negative_query_ids``) is one of them leaves anchor *i*'s rows. Ids are gathered
+    across replicas with the embeddings, so the rule holds over the global batch.
 
     Inside a replica context with several replicas, queries, documents, hard negatives and ids
     of every replica are all-gathered (with gradients) and the local rows' losses are
@@ -170,8 +215,12 @@ def contrastive_loss(queries, documents, *, temperature, similarity="cosine", sa
       partition: ``"separate"`` or ``"joint"``.
       hard_negative_documents: optional ``[b, H_d, dim]``.
       hard_negative_queries: optional ``[b, H_q, dim]`` (needs ``bidirectional``).
-      query_ids: optional integer ``[b]``; equal ids mark duplicate queries.
-      document_ids: optional integer ``[b]``; equal ids mark duplicate documents.
+      query_ids: optional integer ``[b]``; examples with equal query ids are linked.
+      document_ids: optional integer ``[b]``; examples with equal document ids are linked.
+      hard_negative_document_ids: optional integer ``[b, H_d]``, the documents' ids in the
+        space of ``document_ids`` (needs ``document_ids``).
+      hard_negative_query_ids: optional integer ``[b, H_q]``, the queries' ids in the space
+        of ``query_ids`` (needs ``query_ids``).
 
     Returns:
       ``[b]`` per-example losses of the local rows, in float32 for half-precision inputs
@@ -191,9 +240,11 @@ def contrastive_loss(queries, documents, *, temperature, similarity="cosine", sa
     d = tf.convert_to_tensor(documents)
     hd = None if hard_negative_documents is None else tf.convert_to_tensor(hard_negative_documents)
     hq = None if hard_negative_queries is None else tf.convert_to_tensor(hard_negative_queries)
-    qid = None if query_ids is None else tf.convert_to_tensor(query_ids)
-    did = None if document_ids is None else tf.convert_to_tensor(document_ids)
-    _validate_tensors(q, d, hd, hq, qid, did)
+    qid, did, hdid, hqid = (None if ids is None else tf.convert_to_tensor(ids) for ids in (
+        query_ids, document_ids, hard_negative_document_ids, hard_negative_query_ids))
+    _validate_tensors(q, d, hd, hq, qid, did, hdid, hqid)
+    qid, did, hdid, hqid = (None if ids is None else tf.cast(ids, tf.int64)
+                            for ids in (qid, did, hdid, hqid))
 
     dtype = _compute_dtype(q)
     q, d = tf.cast(q, dtype), tf.cast(d, dtype)
@@ -204,7 +255,8 @@ def contrastive_loss(queries, documents, *, temperature, similarity="cosine", sa
         hd = None if hd is None else tf.math.l2_normalize(hd, axis=-1)
         hq = None if hq is None else tf.math.l2_normalize(hq, axis=-1)
 
-    (g_q, g_d, g_hd, g_hq, g_qid, g_did), offset = gather_global_batch((q, d, hd, hq, qid, did))
+    (g_q, g_d, g_hd, g_hq, g_qid, g_did, g_hdid, g_hqid), offset = gather_global_batch(
+        (q, d, hd, hq, qid, did, hdid, hqid))
     dim = tf.shape(q)[-1]
     if g_hd is not None:
         g_hd = tf.reshape(g_hd, [-1, dim])  # every example's hard negatives, [B * H_d, dim]
@@ -229,35 +281,35 @@ def contrastive_loss(queries, documents, *, temperature, similarity="cosine", sa
     b = tf.shape(q)[0]
     global_b = tf.shape(g_q)[0]
     rows = tf.range(b) + offset  # the local anchors' positions in the global batch
-    cols = tf.range(global_b)
-    not_self = tf.not_equal(rows[:, None], cols[None, :])  # [b, B]
-    keep_d = not_self  # which d_j may be negatives of anchor i
-    keep_q = not_self
-    if g_did is not None:
-        local_did = tf.gather(g_did, rows)
-        keep_d = keep_d & tf.not_equal(local_did[:, None], g_did[None, :])
+    is_self = tf.equal(rows[:, None], tf.range(global_b)[None, :])  # [b, B]
+    same_query = same_document = is_self  # examples sharing anchor i's query / document
     if g_qid is not None:
-        local_qid = tf.gather(g_qid, rows)
-        keep_q = keep_q & tf.not_equal(local_qid[:, None], g_qid[None, :])
-    is_self = tf.logical_not(not_self)
+        same_query = tf.equal(tf.gather(g_qid, rows)[:, None], g_qid[None, :])
+    if g_did is not None:
+        same_document = tf.equal(tf.gather(g_did, rows)[:, None], g_did[None, :])
+    unlinked = tf.logical_not(same_query | same_document | is_self)  # may be negatives of i
+    hd_keep = hq_keep = None
+    if g_hdid is not None:  # drop the hard-negative documents that are positives of q_i
+        hd_keep = tf.logical_not(_any_match(same_query, g_did, tf.reshape(g_hdid, [-1])))
+    if g_hqid is not None:  # drop the hard-negative queries that are positives of d_i
+        hq_keep = tf.logical_not(_any_match(same_document, g_qid, tf.reshape(g_hqid, [-1])))
 
     positive = tf.reduce_sum(q * d, axis=-1) * inv_t  # s(q_i, d_i) = s(d_i, q_i)
 
-    # Query -> document row: positive column kept, in-batch duplicates removed.
-    qd = _masked(sim(q, g_d), keep_d | is_self)
-    query_parts = [qd]
+    # Query -> document row: the positive column kept, linked examples' documents removed.
+    query_parts = [_masked(sim(q, g_d), unlinked | is_self)]
     if g_hd is not None:
-        query_parts.append(sim(q, g_hd))
+        query_parts.append(_masked(sim(q, g_hd), hd_keep))
     if same_tower in ("query", "both"):
-        query_parts.append(_masked(sim(q, g_q), keep_q))
+        query_parts.append(_masked(sim(q, g_q), unlinked))
 
     doc_parts = []
     if bidirectional:
-        doc_parts.append(_masked(sim(d, g_q), keep_q | is_self))
+        doc_parts.append(_masked(sim(d, g_q), unlinked | is_self))
         if g_hq is not None:
-            doc_parts.append(sim(d, g_hq))
+            doc_parts.append(_masked(sim(d, g_hq), hq_keep))
         if same_tower in ("document", "both"):
-            doc_parts.append(_masked(sim(d, g_d), keep_d))
+            doc_parts.append(_masked(sim(d, g_d), unlinked))
 
     if partition == "joint":
         return _ce_from_parts(positive, query_parts + doc_parts)
@@ -274,19 +326,30 @@ def _batch_matches(y_true, y_pred):
                          f"{y_pred.shape[0]} (shapes {y_true.shape} and {y_pred.shape}).")
 
 
+_LABELS = ("`y_true` must be [batch, 2] (query id, document id) or [batch, slots] (the ids of "
+           "every slot of `y_pred`) with `mask_duplicates=True`")
+
+
 def _checked_labels(y_true, y_pred):
-    """``y_true`` as a tensor, checked to be ``[batch, 2]`` finite (query id, document id)."""
+    """``y_true`` as a tensor, checked to be finite ids ``[batch, 2]`` (query id, document id)
+    or ``[batch, slots]`` (one id per slot of ``y_pred``: query, document, hard negatives)."""
     if y_true is None:
-        raise ValueError("`mask_duplicates=True` needs `y_true` = [batch, 2] (query id, document id).")
+        raise ValueError("`mask_duplicates=True` needs `y_true` = [batch, 2] (query id, "
+                         "document id) or one id per slot of `y_pred`.")
     y_true = tf.convert_to_tensor(y_true)
-    if y_true.shape.rank is not None and (y_true.shape.rank != 2 or y_true.shape[1] not in (None, 2)):
-        raise ValueError("`y_true` must be [batch, 2] (query id, document id) with "
-                         f"`mask_duplicates=True`, got shape {y_true.shape}.")
+    slots = y_pred.shape[1] if y_pred.shape.rank == 3 else None
+    width = y_true.shape[1] if y_true.shape.rank == 2 else None
+    if y_true.shape.rank is not None and (
+            y_true.shape.rank != 2
+            or (width is not None and width != 2 and (slots is None or width != slots))):
+        raise ValueError(f"{_LABELS}, got shape {y_true.shape}"
+                         + (f" for {slots} slots." if slots is not None else "."))
     _batch_matches(y_true, y_pred)
-    if y_true.shape.rank is None or y_true.shape[1] is None:  # known only when it runs
-        with tf.control_dependencies([tf.debugging.assert_equal(
-                tf.shape(y_true)[-1], 2, message="`y_true` must be [batch, 2] (query id, "
-                "document id) with `mask_duplicates=True`")]):
+    if y_true.shape.rank is None or width is None:  # known only when it runs
+        width_now = tf.shape(y_true)[-1]
+        with tf.control_dependencies([tf.debugging.Assert(
+                tf.logical_or(tf.equal(width_now, 2), tf.equal(width_now, tf.shape(y_pred)[1])),
+                [_LABELS, tf.shape(y_true), tf.shape(y_pred)])]):
             y_true = tf.identity(y_true)
     if not (y_true.dtype.is_floating or y_true.dtype.is_integer):
         raise ValueError(f"`y_true` ids must be numbers, got {y_true.dtype.name}.")
@@ -321,9 +384,13 @@ class SamToNeLoss(keras.losses.Loss):
                                                          ``num_hard_negative_queries`` slots:
                                                          hard-negative queries. This is what
                                                          :class:`samtone_tf.DualEncoder` outputs.
-    ``y_true``  ``[b, 2]``                               (query id, document id) as integers
-                                                         (exact in float32, i.e. < 2**24); used
-                                                         only with ``mask_duplicates=True``.
+    ``y_true``  ``[b, 2]`` or ``[b, 2 + H_d + H_q]``     the id of each slot of ``y_pred``:
+                                                         query id, document id, then the
+                                                         hard-negative documents' and queries'
+                                                         ids, as integers (exact in float32,
+                                                         i.e. < 2**24); ``[b, 2]`` gives no ids
+                                                         to the hard negatives. Used only with
+                                                         ``mask_duplicates=True``.
     ==========  =======================================  ==========================================
 
     For anchor *i*, with :math:`s = \text{sim}/\tau`:
@@ -398,11 +465,25 @@ class SamToNeLoss(keras.losses.Loss):
         end = tf.shape(y_pred)[1] - hq_count
         hard_docs = y_pred[:, 2:end]
         has_hard_docs = slots is None or slots > 2 + hq_count
-        query_ids = document_ids = None
+        ids = {}
         if self.mask_duplicates:
             y_true = _checked_labels(y_true, y_pred)
-            ids = tf.cast(tf.round(tf.cast(y_true, tf.float64)), tf.int64)
-            query_ids, document_ids = ids[:, 0], ids[:, 1]
+            labels = tf.cast(tf.round(tf.cast(y_true, tf.float64)), tf.int64)
+            ids = dict(query_ids=labels[:, 0], document_ids=labels[:, 1])
+            width = y_true.shape[1]
+            if width is None or width > 2:  # one id per slot: the hard negatives' ids too
+                slot_ids = labels
+                if width is None:  # [b, 2] or [b, slots], known only when it runs
+                    # a [b, 2] label gives the hard negatives an id no example has
+                    slot_ids = tf.cond(
+                        tf.equal(tf.shape(labels)[1], tf.shape(y_pred)[1]), lambda: labels,
+                        lambda: tf.concat([labels[:, :2], tf.fill(
+                            [tf.shape(labels)[0], tf.shape(y_pred)[1] - 2], labels.dtype.min)],
+                            axis=1))
+                if has_hard_docs:
+                    ids["hard_negative_document_ids"] = slot_ids[:, 2:end]
+                if hq_count:
+                    ids["hard_negative_query_ids"] = slot_ids[:, end:]
         elif y_true is not None:
             _batch_matches(tf.convert_to_tensor(y_true), y_pred)
         return contrastive_loss(
@@ -410,8 +491,7 @@ class SamToNeLoss(keras.losses.Loss):
             same_tower=self.same_tower, bidirectional=self.bidirectional,
             dual_weight=self.dual_weight, partition=self.partition,
             hard_negative_documents=hard_docs if has_hard_docs else None,
-            hard_negative_queries=y_pred[:, end:] if hq_count else None,
-            query_ids=query_ids, document_ids=document_ids)
+            hard_negative_queries=y_pred[:, end:] if hq_count else None, **ids)
 
     def get_config(self):
         config = super().get_config()

@@ -78,7 +78,13 @@ def loss_cases(draw):
     if draw(st.booleans()):  # ids from a small range: duplicates are likely
         kwargs["query_ids"] = np.array(draw(st.lists(st.integers(0, 3), min_size=b, max_size=b)))
         kwargs["document_ids"] = np.array(draw(st.lists(st.integers(0, 3), min_size=b, max_size=b)))
-    cast = {k: v.astype(dtype) for k, v in kwargs.items() if k.startswith("hard")}
+        # hard negatives' ids in the same small ranges: some are other anchors' positives
+        for key, h, ids_key in (("hard_negative_documents", h_d, "hard_negative_document_ids"),
+                                ("hard_negative_queries", h_q, "hard_negative_query_ids")):
+            if key in kwargs and draw(st.booleans()):
+                kwargs[ids_key] = rng.integers(0, 4, size=(b, kwargs[key].shape[1]))
+    cast = {k: v.astype(dtype) for k, v in kwargs.items()
+            if k.startswith("hard") and not k.endswith("_ids")}
     return q.astype(dtype), d.astype(dtype), {**kwargs, **cast}
 
 
@@ -100,7 +106,8 @@ def _tolerance(q, d, kwargs):
 def test_loss_matches_reference(case, in_graph):
     q, d, kwargs = case
     expected = reference_loss(q.astype(np.float64), d.astype(np.float64), **{
-        k: (v.astype(np.float64) if k.startswith("hard") else v) for k, v in kwargs.items()})
+        k: (v.astype(np.float64) if v.dtype.kind == "f" else v) if isinstance(v, np.ndarray)
+        else v for k, v in kwargs.items()})
     if in_graph:
         tensors = {k: v for k, v in kwargs.items() if isinstance(v, np.ndarray)}
         options = {k: v for k, v in kwargs.items() if k not in tensors}
@@ -126,12 +133,20 @@ def test_keras_loss_matches_reference(case, mask):
     hq = kwargs.pop("hard_negative_queries", None)
     qid = kwargs.pop("query_ids", np.arange(b))
     did = kwargs.pop("document_ids", np.arange(b))
+    hdid = kwargs.pop("hard_negative_document_ids", None)
+    hqid = kwargs.pop("hard_negative_query_ids", None)
     parts = [q[:, None], d[:, None]] + [h for h in (hd, hq) if h is not None]
     y_pred = np.concatenate(parts, axis=1).astype(np.float32)
-    y_true = np.stack([qid, did], axis=1).astype(np.float32)
+    # labels: one id per slot when every hard negative has ids, else (query id, document id)
+    slot_ids = [h_ids for h, h_ids in ((hd, hdid), (hq, hqid)) if h is not None]
+    per_slot = all(x is not None for x in slot_ids) and slot_ids
+    y_true = np.concatenate([qid[:, None], did[:, None]] + (slot_ids if per_slot else []),
+                            axis=1).astype(np.float32)
     loss = SamToNeLoss(num_hard_negative_queries=0 if hq is None else hq.shape[1],
                        mask_duplicates=mask, **kwargs)
     ids = dict(query_ids=qid, document_ids=did) if mask else {}
+    if mask and per_slot:
+        ids.update(hard_negative_document_ids=hdid, hard_negative_query_ids=hqid)
     expected = reference_loss(q, d, hard_negative_documents=hd, hard_negative_queries=hq,
                               **ids, **kwargs).mean()
     got = float(loss(y_true, y_pred))
@@ -239,7 +254,7 @@ BAD_KERAS_CALLS = [
     (dict(), np.zeros((4, 2)), Y_PRED, r"`y_true` has batch size 4 but `y_pred` has 3"),
     (dict(mask_duplicates=True), np.zeros((4, 2)), Y_PRED, r"`y_true` has batch size 4"),
     (dict(mask_duplicates=True), np.zeros((3, 1)), Y_PRED, r"`y_true` must be \[batch, 2\]"),
-    (dict(mask_duplicates=True), np.zeros((3, 3)), Y_PRED, r"`y_true` must be \[batch, 2\]"),
+    (dict(mask_duplicates=True), np.zeros((3, 4)), Y_PRED, r"`y_true` must be \[batch, 2\]"),
     (dict(mask_duplicates=True), np.zeros((3,)), Y_PRED, r"`y_true` must be \[batch, 2\]"),
     (dict(), np.zeros((0, 2)), np.zeros((0, 3, 4), np.float32), r"empty batch"),
 ]

@@ -311,3 +311,196 @@ def test_import_does_not_touch_keras_switch():
                              text=True, check=True).stdout.split()
         assert out[0] == out[1]
         assert out[2].startswith("2." if value else "3.")
+
+
+# ---- linked examples and hard-negative ids (the false-negative rule) ----
+
+VARIANTS = [  # (same_tower, bidirectional, partition, dual_weight)
+    ("none", False, "separate", 1.0), ("query", False, "separate", 1.0),
+    ("both", True, "separate", 1.0), ("none", True, "separate", 0.1),
+    ("both", True, "joint", 1.0), ("document", True, "separate", 1.0)]
+
+
+def _variant(same_tower, bidirectional, partition, dual_weight):
+    return dict(same_tower=same_tower, bidirectional=bidirectional, partition=partition,
+                dual_weight=dual_weight)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=["-".join(map(str, v)) for v in VARIANTS])
+@pytest.mark.parametrize("link", ["query", "document"])
+def test_two_linked_examples_are_no_negatives_of_each_other(variant, link):
+    # link="query": one query with two relevant documents (SciFact, NFCorpus qrels);
+    # link="document": two questions answered by one sentence (ReQA). Either way the batch
+    # holds nothing but positives, so each row is its positive alone: loss 0 (log 2 for the
+    # joint partition, where the positive stands in both rows).
+    q = np.array([[1.0, 0.0], [0.8, 0.6]])
+    d = np.array([[0.8, 0.6], [1.0, 0.0]])  # each query is closer to the other's document
+    ids = dict(query_ids=[4, 4], document_ids=[1, 2]) if link == "query" else \
+        dict(query_ids=[1, 2], document_ids=[4, 4])
+    kw = dict(temperature=0.1, **_variant(*variant))
+    plain = contrastive_loss(q, d, **kw).numpy()
+    masked = contrastive_loss(q, d, **ids, **kw).numpy()
+    expected = math.log(2) if variant[2] == "joint" and variant[1] else 0.0
+    np.testing.assert_allclose(masked, [expected, expected], atol=1e-12)
+    assert np.all(plain > masked + 1.0)  # the false negatives did cost something
+    np.testing.assert_allclose(masked, reference_loss(q, d, **ids, **kw), atol=1e-12)
+
+
+def test_unique_ids_change_nothing():
+    # The old duplicate rule and the linked rule agree when no two examples share an id:
+    # only the anchor itself is excluded, exactly as without ids.
+    data = _data(7)
+    kw = dict(temperature=0.2, same_tower="both", bidirectional=True,
+              hard_negative_documents=data["hard_negative_documents"],
+              hard_negative_queries=data["hard_negative_queries"])
+    plain = contrastive_loss(data["queries"], data["documents"], **kw).numpy()
+    unique = contrastive_loss(
+        data["queries"], data["documents"], query_ids=np.arange(B), document_ids=np.arange(B),
+        hard_negative_document_ids=np.arange(B * H).reshape(B, H) + 100,
+        hard_negative_query_ids=np.arange(B * H).reshape(B, H) + 100, **kw).numpy()
+    np.testing.assert_allclose(unique, plain, rtol=1e-13)
+
+
+def _logsumexp(values):
+    values = np.asarray(values)
+    return values.max() + np.log(np.exp(values - values.max()).sum())
+
+
+def test_a_mined_positive_of_another_anchor_leaves_only_that_anchors_row():
+    # Example 2's mined hard negative is document 10, the positive of example 0, so it is a
+    # false negative for anchor 0 only. Example 1 shares example 0's query (so document 11
+    # is a positive of q0 too), and example 1's mined negative is document 11.
+    q = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    d = np.array([[0.8, 0.2], [0.7, 0.7], [0.1, 0.9]])
+    hd = np.array([[[0.5, -0.5]], [[0.75, 0.65]], [[0.85, 0.15]]])
+    kw = dict(temperature=1.0, similarity="dot", same_tower="none",
+              hard_negative_documents=hd, query_ids=[0, 0, 1], document_ids=[10, 11, 12],
+              hard_negative_document_ids=[[13], [11], [10]])
+    got = contrastive_loss(q, d, **kw).numpy()
+    s = q @ d.T
+    n = q @ hd[:, 0].T  # [anchor, hard negative of example k]
+    # anchor 0: d1 linked (same query); negatives d2, hd0; hd1 (=11) and hd2 (=10) positives
+    assert got[0] == pytest.approx(_logsumexp([s[0, 0], s[0, 2], n[0, 0]]) - s[0, 0], abs=1e-12)
+    # anchor 1: d0 linked; hd1 is its own positive (11), hd2 is q0's and so q1's positive (10)
+    assert got[1] == pytest.approx(_logsumexp([s[1, 1], s[1, 2], n[1, 0]]) - s[1, 1], abs=1e-12)
+    # anchor 2: nothing linked; every hard negative is a true negative of q2
+    assert got[2] == pytest.approx(
+        _logsumexp([s[2, 2], s[2, 0], s[2, 1], n[2, 0], n[2, 1], n[2, 2]]) - s[2, 2], abs=1e-12)
+    # without the hard negatives' ids, anchor 0 keeps both false negatives
+    no_ids = contrastive_loss(q, d, **{k: v for k, v in kw.items()
+                                       if k != "hard_negative_document_ids"}).numpy()
+    assert no_ids[0] > got[0] + 0.5 and no_ids[2] == pytest.approx(got[2], abs=1e-12)
+    np.testing.assert_allclose(got, reference_loss(q, d, **kw), atol=1e-12)
+
+
+def test_a_mined_query_paired_with_the_anchors_document_is_dropped():
+    # DANCE: a hard-negative query that is paired with d_i (through an example sharing d_i's
+    # document id) is a positive of d_i, not a negative.
+    q = np.array([[1.0, 0.0], [0.9, 0.3], [0.0, 1.0]])
+    d = np.array([[0.8, 0.2], [0.8, 0.2], [0.1, 0.9]])
+    hq = np.array([[[0.3, 0.9]], [[0.95, 0.05]], [[0.2, 0.4]]])
+    kw = dict(temperature=1.0, similarity="dot", same_tower="none", bidirectional=True,
+              hard_negative_queries=hq, query_ids=[0, 1, 2], document_ids=[5, 5, 6],
+              hard_negative_query_ids=[[2], [7], [1]])
+    got = contrastive_loss(q, d, **kw).numpy()
+    s = q @ d.T
+    m = d @ hq[:, 0].T
+    # anchor 0's document 5 is paired with queries 0 and 1, so hq2 (= query 1) is dropped;
+    # q->d row: d1 linked (same document), only d2 stays
+    expected0 = (_logsumexp([s[0, 0], s[0, 2]]) - s[0, 0]
+                 + _logsumexp([s[0, 0], s[2, 0], m[0, 0], m[0, 1]]) - s[0, 0])
+    assert got[0] == pytest.approx(expected0, abs=1e-12)
+    # anchor 2's document 6 is paired with query 2 only: hq0 (= query 2) is dropped
+    expected2 = (_logsumexp([s[2, 2], s[2, 0], s[2, 1]]) - s[2, 2]
+                 + _logsumexp([s[2, 2], s[0, 2], s[1, 2], m[2, 1], m[2, 2]]) - s[2, 2])
+    assert got[2] == pytest.approx(expected2, abs=1e-12)
+    np.testing.assert_allclose(got, reference_loss(q, d, **kw), atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=["-".join(map(str, v)) for v in VARIANTS])
+def test_dropped_entries_get_zero_gradient_and_kept_ones_do_not(variant):
+    rng = np.random.default_rng(11)
+    b, h, dim = 6, 2, 5
+    qid = np.array([0, 0, 1, 2, 3, 4])
+    did = np.array([0, 1, 2, 2, 3, 4])
+    hdid = np.array([[1, 7], [8, 0], [9, 2], [3, 10], [11, 12], [1, 13]])
+    hqid = np.array([[2, 20], [21, 1], [0, 22], [23, 24], [2, 25], [4, 26]])
+    same_tower, bidirectional = variant[0], variant[1]
+    q, d = (tf.constant(rng.normal(size=(b, dim))) for _ in range(2))
+    hd = tf.constant(rng.normal(size=(b, h, dim)))
+    hq = tf.constant(rng.normal(size=(b, h, dim)))
+    kw = dict(temperature=0.5, query_ids=qid, document_ids=did, hard_negative_documents=hd,
+              hard_negative_document_ids=hdid, **_variant(*variant))
+    if bidirectional:
+        kw.update(hard_negative_queries=hq, hard_negative_query_ids=hqid)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([q, d, hd, hq])
+        loss = contrastive_loss(q, d, **kw)
+    jq, jd, jhd = (tape.jacobian(loss, x).numpy() for x in (q, d, hd))
+    jhq = tape.jacobian(loss, hq, unconnected_gradients="zero").numpy()
+    for i in range(b):
+        group_q = qid == qid[i]
+        group_d = did == did[i]
+        for j in range(b):
+            if j == i:
+                continue
+            linked = qid[j] == qid[i] or did[j] == did[i]
+            q_used = same_tower in ("query", "both") or bidirectional
+            d_used = True
+            assert (np.abs(jq[i, j]).max() == 0) == (linked or not q_used), (i, j)
+            assert (np.abs(jd[i, j]).max() == 0) == (linked or not d_used), (i, j)
+        for k in range(b):
+            for c in range(h):
+                dropped = hdid[k, c] in set(did[group_q])
+                assert (np.abs(jhd[i, k, c]).max() == 0) == dropped, (i, k, c)
+                dropped_q = hqid[k, c] in set(qid[group_d])
+                assert (np.abs(jhq[i, k, c]).max() == 0) == (dropped_q or not bidirectional), \
+                    (i, k, c)
+
+
+def test_hard_negative_ids_are_checked():
+    q = d = np.ones((2, 3))
+    hd = np.ones((2, 2, 3))
+    with pytest.raises(ValueError, match="`hard_negative_document_ids` needs `document_ids`"):
+        contrastive_loss(q, d, temperature=0.1, hard_negative_documents=hd,
+                         hard_negative_document_ids=[[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match="`hard_negative_document_ids` given without"):
+        contrastive_loss(q, d, temperature=0.1, document_ids=[0, 1],
+                         hard_negative_document_ids=[[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match=r"`hard_negative_document_ids` count 3 does not match"):
+        contrastive_loss(q, d, temperature=0.1, document_ids=[0, 1], hard_negative_documents=hd,
+                         hard_negative_document_ids=[[1, 2, 3], [3, 4, 5]])
+    with pytest.raises(ValueError, match="`hard_negative_query_ids` needs `query_ids`"):
+        contrastive_loss(q, d, temperature=0.1, bidirectional=True, hard_negative_queries=hd,
+                         hard_negative_query_ids=[[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match="`document_ids` must be integers"):
+        contrastive_loss(q, d, temperature=0.1, document_ids=[0.5, 1.0])
+
+
+@pytest.mark.parametrize("known_width", [True, False])
+def test_keras_labels_carry_one_id_per_slot(known_width):
+    # y_pred slots: query, document, 2 hard-negative documents, 1 hard-negative query;
+    # y_true: the id of each slot. A [b, 2] label gives the hard negatives no ids.
+    data = _data(12, np.float32)
+    qid, did = data["query_ids"], data["document_ids"]
+    hdid = np.array([[11, 20], [21, 10], [22, 23], [13, 24], [25, 12]])
+    hqid = np.array([[1], [26], [7], [27], [2]])
+    y_pred = np.concatenate([data["queries"][:, None], data["documents"][:, None],
+                             data["hard_negative_documents"],
+                             data["hard_negative_queries"][:, :1]], axis=1)
+    full = np.concatenate([qid[:, None], did[:, None], hdid, hqid], axis=1).astype(np.float32)
+    loss = SamToNeLoss(temperature=0.2, same_tower="both", bidirectional=True,
+                       num_hard_negative_queries=1, mask_duplicates=True)
+    if not known_width:
+        loss = tf.function(loss, input_signature=[tf.TensorSpec([None, None]),
+                                                  tf.TensorSpec([None, None, DIM])])
+    kw = dict(temperature=0.2, same_tower="both", bidirectional=True,
+              hard_negative_documents=data["hard_negative_documents"],
+              hard_negative_queries=data["hard_negative_queries"][:, :1],
+              query_ids=qid, document_ids=did)
+    with_ids = reference_loss(data["queries"], data["documents"], hard_negative_document_ids=hdid,
+                              hard_negative_query_ids=hqid, **kw).mean()
+    without = reference_loss(data["queries"], data["documents"], **kw).mean()
+    assert abs(with_ids - without) > 1e-3  # the ids matter in this batch
+    assert float(loss(full, y_pred)) == pytest.approx(with_ids, rel=1e-5)
+    assert float(loss(full[:, :2], y_pred)) == pytest.approx(without, rel=1e-5)
