@@ -31,9 +31,18 @@ def global_batch():
         d=rng.normal(size=(GLOBAL_BATCH, IN_DIM)).astype(np.float32),
         hd=rng.normal(size=(GLOBAL_BATCH, H, IN_DIM)).astype(np.float32),
         hq=rng.normal(size=(GLOBAL_BATCH, H, IN_DIM)).astype(np.float32),
-        # duplicates that cross replica boundaries for 2 and 4 replicas
+        # linked examples that cross replica boundaries for 2 and 4 replicas: rows 0 and 5
+        # share a query, rows 1 and 4 and rows 2 and 7 share a document
         qid=np.array([0, 1, 2, 3, 4, 0, 6, 7], np.int64),
         did=np.array([10, 11, 12, 13, 11, 15, 16, 12], np.int64),
+        # mined negatives' ids, some of them positives of anchors on other replicas:
+        # document 15 (row 0) is a positive of q0 and q5, 12 (row 1) of q2 and q7, ...
+        hdid=np.array([[15, 50], [51, 12], [52, 53], [11, 54], [55, 56], [10, 57], [13, 58],
+                       [59, 16]], np.int64),
+        # ... query 4 (row 0) is paired with document 11 (rows 1, 4), query 0 (row 6) with
+        # documents 10 and 15 (rows 0, 5), query 2 (row 7) with document 12 (rows 2, 7)
+        hqid=np.array([[4, 60], [61, 7], [62, 63], [64, 65], [1, 66], [67, 68], [0, 69],
+                       [70, 2]], np.int64),
     )
 
 
@@ -76,7 +85,8 @@ def run_custom_step(strategy):
             losses = contrastive_loss(
                 x["q"] @ wq, x["d"] @ wd, hard_negative_queries=tf.einsum("bhi,id->bhd", x["hq"], wq),
                 hard_negative_documents=tf.einsum("bhi,id->bhd", x["hd"], wd),
-                query_ids=x["qid"], document_ids=x["did"], **LOSS_OPTIONS)
+                query_ids=x["qid"], document_ids=x["did"], hard_negative_document_ids=x["hdid"],
+                hard_negative_query_ids=x["hqid"], **LOSS_OPTIONS)
             # each replica's share of the global mean, as Keras scales it
             loss = tf.reduce_sum(losses) / GLOBAL_BATCH
         grads = tape.gradient(loss, [wq, wd])
@@ -103,9 +113,9 @@ def run_keras_fit(strategy):
     # two global batches: the second is a shuffled, perturbed copy of the first
     perm = rng.permutation(GLOBAL_BATCH)
     feats = {k: np.concatenate([data[k], data[k][perm] * 0.5]) for k in ("q", "d", "hd")}
-    labels = np.stack([np.concatenate([data["qid"], data["qid"][perm] + 100]),
-                       np.concatenate([data["did"], data["did"][perm] + 100])],
-                      axis=1).astype(np.float32)
+    # one id per output slot: query, document, the hard-negative documents
+    ids = np.concatenate([data["qid"][:, None], data["did"][:, None], data["hdid"]], axis=1)
+    labels = np.concatenate([ids, ids[perm] + 100]).astype(np.float32)
 
     class Towers(keras.Model):
         def __init__(self):

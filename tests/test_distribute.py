@@ -32,17 +32,22 @@ def single(tmp_path_factory):
     return _run(tmp_path_factory.mktemp("single"), "single", 1)
 
 
-def _reference():
+def _reference(with_hard_negative_ids=True):
     data = dist_worker.global_batch()
     wq, wd = dist_worker.initial_weights()
+    ids = dict(hard_negative_document_ids=data["hdid"], hard_negative_query_ids=data["hqid"])
     return reference_loss(
         data["q"] @ wq, data["d"] @ wd, hard_negative_queries=data["hq"] @ wq,
         hard_negative_documents=data["hd"] @ wd, query_ids=data["qid"],
-        document_ids=data["did"], **dist_worker.LOSS_OPTIONS)
+        document_ids=data["did"], **(ids if with_hard_negative_ids else {}),
+        **dist_worker.LOSS_OPTIONS)
 
 
 def test_single_device_matches_numpy(single):
     np.testing.assert_allclose(single["losses"], _reference(), rtol=1e-5)
+    # the mined positives of other anchors change every anchor that has one
+    changed = np.abs(_reference() - _reference(with_hard_negative_ids=False)) > 1e-6
+    assert changed.tolist() == [True] * dist_worker.GLOBAL_BATCH
 
 
 def _assert_same(result, single, replicas):
