@@ -7,6 +7,7 @@ encoders (a ``pretrained:<name>`` model, an exported SavedModel, or a live
 """
 
 import os
+import warnings
 
 import numpy as np
 
@@ -174,28 +175,65 @@ def encoder_tf_functions(model, query_tokenizer, document_tokenizer, trim=True):
     return encode_queries, encode_documents
 
 
+def _short(error, limit=300):
+    """An exception as ``Type: message``, without the trace TensorFlow wraps around it
+    ("in user code: File ...", "Graph execution error: Detected at node ...")."""
+    skip = ("File ", "in user code:", "Graph execution error:", "Detected at node", "[[")
+    lines = [line.strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line and not line.startswith(skip)]
+    text = lines[-1] if lines else ""
+    prefix = f"{type(error).__name__}: "
+    if text.startswith(prefix):
+        text = text[len(prefix):]
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return prefix + text
+
+
 def dual_encoder_fns(model, query_tokenizer, document_tokenizer):
     """``(query_fn, document_fn)`` over a live DualEncoder and its tokenizers: lists of
-    strings to ``[n, dim]`` embeddings, each batch padded to its longest text. An encoder
-    that rejects the shorter length on the first call (e.g. a SavedModel whose signature
-    fixes the sequence length) is used at the tokenizer's full length from then on."""
+    strings to ``[n, dim]`` embeddings, each batch padded to its longest text.
+
+    An encoder that rejects the shorter length on the first call (e.g. a SavedModel whose
+    signature fixes the sequence length) is used at the tokenizer's full length from then
+    on, with a warning naming the error. This happens only when the first batch fails
+    with a ValueError, TypeError or ``tf.errors.InvalidArgumentError`` trimmed and then
+    encodes at the full length; an error that the full length raises too (so not about
+    the length) is raised, as is any other kind of error.
+    """
     import tensorflow as tf
 
     trimmed = encoder_tf_functions(model, query_tokenizer, document_tokenizer, trim=True)
     chosen = [None, None]
+    names = ("query", "document")
+    # What an encoder that only takes its full sequence length raises on a shorter batch:
+    # a fixed-length signature refuses the [B, None] input when traced (ValueError "Could
+    # not find matching concrete function", TypeError "Binding inputs to tf.function
+    # failed"), or a shape-dependent op fails when it runs (InvalidArgumentError).
+    length_errors = (ValueError, TypeError, tf.errors.InvalidArgumentError)
 
     def call(tower, texts):
         texts = tf.constant(texts)
-        if chosen[tower] is None:
+        if chosen[tower] is not None:
+            return chosen[tower](texts)
+        try:
+            out = trimmed[tower](texts)
+        except length_errors as trim_error:
+            full = encoder_tf_functions(model, query_tokenizer, document_tokenizer,
+                                        trim=False)[tower]
             try:
-                out = trimmed[tower](texts)
-            except (ValueError, TypeError, tf.errors.InvalidArgumentError):
-                chosen[tower] = encoder_tf_functions(
-                    model, query_tokenizer, document_tokenizer, trim=False)[tower]
-            else:
-                chosen[tower] = trimmed[tower]
-                return out
-        return chosen[tower](texts)
+                out = full(texts)
+            except Exception:  # noqa: BLE001 - fails at the full length too: not the length
+                raise trim_error from None
+            warnings.warn(
+                f"The {names[tower]} encoder failed on a batch padded only to its longest "
+                f"text ({_short(trim_error)}) but works at the tokenizer's full length; "
+                "encoding every batch at the full length from now on (slower for short "
+                "texts).", RuntimeWarning, stacklevel=3)
+            chosen[tower] = full
+            return out
+        chosen[tower] = trimmed[tower]
+        return out
 
     return (lambda texts: call(0, texts)), (lambda texts: call(1, texts))
 

@@ -70,5 +70,92 @@ def test_encoder_rejecting_short_inputs_falls_back_to_full_length(setup):
 
     query_fn, _ = evaluation.dual_encoder_fns(FixedLength(), qt, dt)
     expected = model.encode_queries(qt(tf.constant(short))).numpy()
-    np.testing.assert_allclose(query_fn(short), expected, atol=1e-6)
+    with pytest.warns(RuntimeWarning, match="query encoder failed on a batch padded only to "
+                      "its longest text .ValueError: Could not find matching concrete"):
+        np.testing.assert_allclose(query_fn(short), expected, atol=1e-6)
     np.testing.assert_allclose(query_fn(short[:3]), expected[:3], atol=1e-6)
+
+
+# Tiny stand-ins (no data files): a tokenizer padding to 8 positions, a "model" summing ids.
+FULL = 8
+
+
+def _tokenizer(texts):
+    mask = tf.sequence_mask(tf.minimum(tf.strings.length(texts), FULL), FULL, dtype=tf.int32)
+    return {"token_ids": mask * 3, "padding_mask": mask}
+
+
+class _Summing:
+    def __init__(self, fail=None):
+        self.fail = fail  # token ids -> token ids (may raise)
+        self.lengths = []  # the static length of each trace
+
+    def encode_queries(self, features):
+        ids = features["token_ids"]
+        self.lengths.append(ids.shape[1])
+        if self.fail is not None:
+            ids = self.fail(ids)
+        return tf.reduce_sum(tf.cast(ids, tf.float32), axis=1, keepdims=True)
+
+    encode_documents = encode_queries
+
+
+TEXTS = ["ab", "abcd", "a"]
+EXPECTED = [[6.0], [12.0], [3.0]]
+
+
+def test_runtime_length_error_falls_back_with_one_warning():
+    def add_positions(ids):  # like position embeddings of a fixed length: fails when run
+        return ids + 0 * tf.range(FULL)
+
+    query_fn, document_fn = evaluation.dual_encoder_fns(_Summing(add_positions), _tokenizer,
+                                                        _tokenizer)
+    with pytest.warns(RuntimeWarning) as record:
+        np.testing.assert_allclose(query_fn(TEXTS), EXPECTED)
+        np.testing.assert_allclose(query_fn(TEXTS[:2]), EXPECTED[:2])  # no second warning
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "The query encoder failed" in message
+    assert "(InvalidArgumentError: Incompatible shapes: [8] vs. [3,4])" in message
+    assert "at the full length from now on" in message
+    with pytest.warns(RuntimeWarning, match="The document encoder failed"):
+        np.testing.assert_allclose(document_fn(TEXTS), EXPECTED)
+
+
+def test_trimmed_encoder_that_works_does_not_warn():
+    import warnings
+
+    query_fn, _ = evaluation.dual_encoder_fns(_Summing(), _tokenizer, _tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(query_fn(TEXTS), EXPECTED)
+
+
+def test_error_that_the_full_length_raises_too_is_raised():
+    def broken(ids):
+        raise ValueError("the encoder is broken, whatever the length")
+
+    model = _Summing(broken)
+    query_fn, _ = evaluation.dual_encoder_fns(model, _tokenizer, _tokenizer)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning either
+        with pytest.raises(ValueError, match="the encoder is broken, whatever the length"):
+            query_fn(TEXTS)
+    assert model.lengths == [None, FULL]  # tried trimmed, then the full length
+    # the failure did not switch the encoder to the full length for good
+    model.fail = None
+    np.testing.assert_allclose(query_fn(TEXTS), EXPECTED)
+    assert model.lengths[2:] == [None]  # traced trimmed again
+
+
+def test_other_kinds_of_error_propagate_without_a_retry():
+    def out_of_memory(ids):
+        raise RuntimeError("device out of memory")
+
+    model = _Summing(out_of_memory)
+    query_fn, _ = evaluation.dual_encoder_fns(model, _tokenizer, _tokenizer)
+    with pytest.raises(RuntimeError, match="device out of memory"):
+        query_fn(TEXTS)
+    assert model.lengths == [None]  # no full-length retry
