@@ -1,6 +1,7 @@
 """The ``samtone-tf`` command line: ``train``, ``evaluate``, ``export``, ``analyze``, ``info``."""
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -173,6 +174,19 @@ def _add_train_flags(parser):
                             help=f"(default {field.default!r})")
 
 
+_STRICT_HELP = ("refuse a document or query with an empty text (default: a warning counts "
+                "them and they are embedded as empty text)")
+
+
+def _empty_text_policy(args):
+    """``--strict``: the data loaders refuse empty texts, as ``strict_text=True`` does."""
+    if not getattr(args, "strict", False):
+        return contextlib.nullcontext()
+    from samtone_tf.data import refuse_empty_text
+
+    return refuse_empty_text()
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="samtone-tf",
@@ -201,6 +215,7 @@ def build_parser():
                     help="pretrained models only (default: the model's, 256)")
     ev.add_argument("--output", default=None, help="write the metrics as JSON here")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.add_argument("--strict", action="store_true", help=_STRICT_HELP)
     ev.set_defaults(func=_evaluate)
 
     ex = sub.add_parser("export", help="SavedModel with raw-string query/document signatures")
@@ -216,6 +231,7 @@ def build_parser():
     ex.add_argument("--index-output", default=None)
     ex.add_argument("--k", type=int, default=100)
     ex.add_argument("--batch-size", type=int, default=64)
+    ex.add_argument("--strict", action="store_true", help=_STRICT_HELP)
     ex.set_defaults(func=_export)
 
     an = sub.add_parser("analyze", help="embedding statistics and t-SNE / histogram figures "
@@ -243,11 +259,13 @@ def build_parser():
                     help="receives tsne.png, top1_similarity.png, same_tower_ratio.png, "
                          "analysis.json")
     an.add_argument("--quiet", action="store_true", help="no progress bars")
+    an.add_argument("--strict", action="store_true", help=_STRICT_HELP)
     an.set_defaults(func=_analyze)
 
     tr = sub.add_parser("train", help="fine-tune, evaluate and export (config file + flags)")
     tr.add_argument("--config", default=None, help="JSON file of TrainConfig settings")
     tr.add_argument("--quiet", action="store_true")
+    tr.add_argument("--strict", action="store_true", help=_STRICT_HELP)
     _add_train_flags(tr)
     tr.set_defaults(func=_train)
     return parser
@@ -256,7 +274,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _empty_text_policy(args):
+            return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
         print(f"samtone-tf {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -6,15 +6,20 @@ models receive int32 ids and masks (string model inputs break Keras 3 ``fit`` un
 cross-replica gathering in the losses needs it.
 """
 
+import contextlib
+import contextvars
 import json
 import os
 import re
+import warnings
 
 import numpy as np
 import tensorflow as tf
 
 __all__ = [
     "load_beir",
+    "EmptyTextWarning",
+    "refuse_empty_text",
     "training_pairs_from_qrels",
     "dense_id_maps",
     "make_pair_dataset",
@@ -86,9 +91,48 @@ def _read_jsonl(path, required, optional=()):
         yield line_no, record
 
 
-def _load_corpus(path):
+class EmptyTextWarning(UserWarning):
+    """A data file has records with an empty text; they are kept and embedded as ``""``."""
+
+
+_REFUSE_EMPTY_TEXT = contextvars.ContextVar("samtone_tf_refuse_empty_text", default=False)
+
+
+@contextlib.contextmanager
+def refuse_empty_text(refuse=True):
+    """Within the block, loaders called with ``strict_text=None`` (their default:
+    :func:`load_beir`, :func:`samtone_tf.reqa.build_reqa`) refuse empty texts as with
+    ``strict_text=True``. It reaches loaders called inside other functions, such as those
+    of ``samtone_tf.evaluation`` and ``samtone_tf.training``; the CLI's ``--strict`` uses it."""
+    token = _REFUSE_EMPTY_TEXT.set(bool(refuse))
+    try:
+        yield
+    finally:
+        _REFUSE_EMPTY_TEXT.reset(token)
+
+
+def _strict_text(strict_text):
+    """``strict_text`` of a loader: ``None`` means the :func:`refuse_empty_text` setting."""
+    return _REFUSE_EMPTY_TEXT.get() if strict_text is None else bool(strict_text)
+
+
+def _warn_empty(source, what, ids, stacklevel):
+    """One :class:`EmptyTextWarning` per file: the count and the first few ids."""
+    shown = ", ".join(repr(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
+    if len(ids) == 1:
+        what = {"documents": "document", "queries": "query", "questions": "question"}[what]
+    detail = "an empty title and text" if what.startswith("document") else "an empty text"
+    warnings.warn(
+        f"{source}: {len(ids)} {what} {'has' if len(ids) == 1 else 'have'} {detail} "
+        f"(id{'' if len(ids) == 1 else 's'} {shown}); they are embedded as empty text. "
+        "Pass strict_text=True / --strict to refuse them.",
+        EmptyTextWarning, stacklevel=stacklevel + 1)
+
+
+def _load_corpus(path, strict_text=True):
     corpus = {}
     lines = {}
+    empty = []
     for line_no, rec in _read_jsonl(path, required=("_id", "text"), optional=("title",)):
         doc_id = _json_id(rec["_id"], path, line_no)
         if doc_id in corpus:
@@ -98,17 +142,22 @@ def _load_corpus(path):
         title = rec.get("title") or ""
         text = (title + " " + rec["text"]).strip()
         if not text:
-            raise ValueError(f"{path}, line {line_no}: document {doc_id!r} has an empty title and text.")
+            if strict_text:
+                raise ValueError(f"{path}, line {line_no}: document {doc_id!r} has an empty title and text.")
+            empty.append(doc_id)
         corpus[doc_id] = text
         lines[doc_id] = line_no
     if not corpus:
         raise ValueError(f"{path}: no documents (the file is empty or blank).")
+    if empty:
+        _warn_empty(path, "documents", empty, stacklevel=3)
     return corpus
 
 
-def _load_queries(path):
+def _load_queries(path, strict_text=True):
     queries = {}
     lines = {}
+    empty = []
     for line_no, rec in _read_jsonl(path, required=("_id", "text")):
         qid = _json_id(rec["_id"], path, line_no)
         if qid in queries:
@@ -116,11 +165,16 @@ def _load_queries(path):
                 f"{path}, line {line_no}: duplicate query id {qid!r} (first on line {lines[qid]})."
             )
         if not rec["text"].strip():
-            raise ValueError(f"{path}, line {line_no}: query {qid!r} has an empty text.")
+            if strict_text:
+                raise ValueError(f"{path}, line {line_no}: query {qid!r} has an empty text.")
+            empty.append(qid)
+            rec["text"] = ""
         queries[qid] = rec["text"]
         lines[qid] = line_no
     if not queries:
         raise ValueError(f"{path}: no queries (the file is empty or blank).")
+    if empty:
+        _warn_empty(path, "queries", empty, stacklevel=3)
     return queries
 
 
@@ -173,7 +227,7 @@ def _load_qrels(path, corpus, queries, strict):
     return qrels
 
 
-def load_beir(directory, split, *, strict=True):
+def load_beir(directory, split, *, strict=True, strict_text=None):
     """Loads a BEIR-format data set.
 
     Files: ``corpus.jsonl`` (``_id``, ``text``, optional ``title``), ``queries.jsonl``
@@ -184,27 +238,35 @@ def load_beir(directory, split, *, strict=True):
       split: qrels split name, e.g. ``"train"`` or ``"test"``.
       strict: if True (default) a qrels line naming an unknown query or document id is
         an error; if False such lines are skipped.
+      strict_text: what to do with a document whose title and text are empty (or only
+        whitespace) and a query whose text is: if False they are kept as ``""`` (embedded
+        as the tokenizer's empty input, ``[CLS] [SEP]`` for BERT, as sentence-transformers
+        and BEIR's evaluation do) and one :class:`EmptyTextWarning` per file counts them
+        and names the first ids; if True they are an error naming the file and line.
+        ``None`` (default): False, unless inside :func:`refuse_empty_text`.
 
     Returns:
       ``(corpus, queries, qrels)``: ``corpus`` maps doc id -> ``"title text"`` (just the
       text when the title is empty), ``queries`` maps query id -> text for *all* queries
       in ``queries.jsonl`` (not only the split's), ``qrels`` maps query id ->
-      ``{doc id: int score}``. All dicts keep file order.
+      ``{doc id: int score}``. All dicts keep file order. An empty document or query
+      (``strict_text=False``) maps to ``""``.
 
     Raises:
       FileNotFoundError: a file is missing.
       ValueError: malformed JSON, missing/ill-typed fields, duplicate ids, ids with
         surrounding whitespace, malformed or unknown-id qrels lines, a file without any
-        record (or, with ``strict=False``, without any judgment left); the message names
-        the file and the line number. A UTF-8 byte order mark at the start of a file is
-        ignored.
+        record (or, with ``strict=False``, without any judgment left), bytes that are not
+        UTF-8, and with ``strict_text=True`` an empty text; the message names the file and
+        the line number. A UTF-8 byte order mark at the start of a file is ignored.
 
     Example (BEIR SciFact): 5,183 documents, 1,109 queries, ``train`` qrels with 809
     queries and 919 judgments.
     """
     directory = os.fspath(directory)
-    corpus = _load_corpus(os.path.join(directory, "corpus.jsonl"))
-    queries = _load_queries(os.path.join(directory, "queries.jsonl"))
+    strict_text = _strict_text(strict_text)
+    corpus = _load_corpus(os.path.join(directory, "corpus.jsonl"), strict_text)
+    queries = _load_queries(os.path.join(directory, "queries.jsonl"), strict_text)
     qrels = _load_qrels(os.path.join(directory, "qrels", f"{split}.tsv"), corpus, queries, strict)
     return corpus, queries, qrels
 

@@ -34,9 +34,12 @@ Choices (deterministic; all documented here and in the functions):
   get identical embeddings, so keeping copies would make "which copy is relevant"
   a coin flip in the metrics. ``deduplicate=False`` keeps every occurrence.
 * **Malformed input**: structural problems (not a SQuAD object, missing or ill-typed
-  fields, no articles, an empty question, duplicate question ids) always raise
+  fields, no articles, duplicate question ids) always raise
   ``ValueError`` naming the file and the location (``data[3].paragraphs[2].qas[5]``,
-  indices of the original file also after :func:`split_by_article`). Answer problems
+  indices of the original file also after :func:`split_by_article`). An empty (or
+  all-whitespace) question is kept as ``""`` with a warning that counts such questions
+  (``strict_text=False``, the default) or raises like a structural problem
+  (``strict_text=True``). Answer problems
   (``answer_start`` out of range, answer text empty or not at ``answer_start``, no
   answers) raise too with
   ``strict=True`` (default); with ``strict=False`` the answer / question is skipped,
@@ -53,6 +56,8 @@ import random
 import re
 import warnings
 from typing import Dict, List, Tuple
+
+from samtone_tf.data import _strict_text, _warn_empty
 
 __all__ = [
     "ABBREVIATIONS",
@@ -155,6 +160,7 @@ class ReQAStats:
     questions_without_answers: int = 0
     answers_crossing_sentences: int = 0  #: valid answers running past their sentence
     questions_with_several_sentences: int = 0  #: kept questions with >1 relevant sentence
+    empty_questions: int = 0  #: kept questions with an empty text (strict_text=False)
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -239,7 +245,7 @@ def _article_index(article, position, source):
     return index
 
 
-def build_reqa(squad_json, *, deduplicate=True, strict=True):
+def build_reqa(squad_json, *, deduplicate=True, strict=True, strict_text=None):
     """Builds ReQA sentence retrieval from SQuAD v1.1 JSON.
 
     Args:
@@ -250,6 +256,11 @@ def build_reqa(squad_json, *, deduplicate=True, strict=True):
       deduplicate: merge identical sentence texts into one candidate (see module doc).
       strict: raise on an invalid answer (``answer_start`` out of range, answer text not
         found at ``answer_start``, empty ``answers``); if False skip and count it.
+      strict_text: raise on an empty (or all-whitespace) question; if False keep it as
+        ``""`` (embedded as the tokenizer's empty input), count it in
+        ``stats.empty_questions`` and name the first ids in one
+        :class:`samtone_tf.data.EmptyTextWarning`. ``None`` (default): False, unless inside
+        :func:`samtone_tf.data.refuse_empty_text`.
 
     Returns:
       :class:`ReQAData`, a ``(corpus, queries, qrels)`` tuple with ``.stats``. ``corpus``:
@@ -259,9 +270,11 @@ def build_reqa(squad_json, *, deduplicate=True, strict=True):
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: malformed JSON or structure, duplicate question ids, or (with
-        ``strict``) an invalid answer; the message names the file and location.
+      ValueError: malformed JSON or structure, duplicate question ids, (with
+        ``strict``) an invalid answer, or (with ``strict_text``) an empty question; the
+        message names the file and location.
     """
+    strict_text = _strict_text(strict_text)
     source, data = _source_and_json(squad_json)
     stats = ReQAStats()
     corpus: Dict[str, str] = {}
@@ -270,6 +283,7 @@ def build_reqa(squad_json, *, deduplicate=True, strict=True):
     queries: Dict[str, str] = {}
     qrels: Dict[str, Dict[str, int]] = {}
     question_where: Dict[str, str] = {}
+    empty_questions: List[str] = []
 
     for position, article in enumerate(_articles(data, source)):
         article_index = _article_index(article, position, source)
@@ -307,7 +321,9 @@ def build_reqa(squad_json, *, deduplicate=True, strict=True):
                 qid = str(qid)
                 question = _field(qa, "question", str, where_q, source)
                 if not question.strip():
-                    raise ValueError(f"{source}: {where_q}.question is empty.")
+                    if strict_text:
+                        raise ValueError(f"{source}: {where_q}.question is empty.")
+                    question = ""
                 answers = _field(qa, "answers", list, where_q, source)
                 stats.questions += 1
                 if qid in question_where:
@@ -358,11 +374,16 @@ def build_reqa(squad_json, *, deduplicate=True, strict=True):
                     continue
                 queries[qid] = question
                 qrels[qid] = relevant
+                if not question:
+                    empty_questions.append(qid)
                 if len(relevant) > 1:
                     stats.questions_with_several_sentences += 1
 
     stats.candidates = len(corpus)
     stats.kept_questions = len(queries)
+    stats.empty_questions = len(empty_questions)
+    if empty_questions:
+        _warn_empty(source, "questions", empty_questions, stacklevel=2)
     if stats.skipped_questions or stats.skipped_answers:
         warnings.warn(
             f"{source}: skipped {stats.skipped_questions} of {stats.questions} questions and "
@@ -374,10 +395,10 @@ def build_reqa(squad_json, *, deduplicate=True, strict=True):
     return ReQAData(corpus, queries, qrels, stats, spans)
 
 
-def load_reqa(squad_json, *, deduplicate=True, strict=True):
+def load_reqa(squad_json, *, deduplicate=True, strict=True, strict_text=None):
     """``(corpus, queries, qrels)`` of :func:`build_reqa` (same arguments); the result
     also carries ``.stats``."""
-    return build_reqa(squad_json, deduplicate=deduplicate, strict=strict)
+    return build_reqa(squad_json, deduplicate=deduplicate, strict=strict, strict_text=strict_text)
 
 
 def split_by_article(squad_json, dev_fraction, seed):

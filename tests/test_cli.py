@@ -143,3 +143,89 @@ def test_warmup_decay_schedule():
     cos = WarmupDecay(1.0, total_steps=4, kind="cosine")
     np.testing.assert_allclose([float(cos(tf.constant(s))) for s in (0, 2, 4)], [1, 0.5, 0],
                                atol=1e-6)
+
+
+# ----------------------------------------------------------- empty texts in real corpora
+
+
+def _tiny_beir_with_empty_texts(root):
+    """4 documents (d2 empty, as in some public collections), 3 queries (q2 blank)."""
+    (root / "qrels").mkdir(parents=True)
+    docs = {"d1": "Protein folding kinetics in mitochondria.", "d2": "",
+            "d3": "Vitamin D deficiency and bone density.", "d4": "Cats purr when content."}
+    queries = {"q1": "protein folding", "q2": "  ", "q3": "vitamin D and bones"}
+    judged = {"q1": "d1", "q2": "d2", "q3": "d3"}
+    with open(root / "corpus.jsonl", "w") as f:
+        for d, text in docs.items():
+            f.write(json.dumps({"_id": d, "title": "", "text": text}) + "\n")
+    with open(root / "queries.jsonl", "w") as f:
+        for q, text in queries.items():
+            f.write(json.dumps({"_id": q, "text": text}) + "\n")
+    for split in ("train", "test"):
+        (root / "qrels" / f"{split}.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in judged.items()))
+    return str(root), docs, queries, judged
+
+
+def _messages(record):
+    return [str(w.message) for w in record if issubclass(w.category, data_lib.EmptyTextWarning)]
+
+
+def test_evaluate_keeps_empty_texts_and_counts_every_query(trained, tmp_path, capsys):
+    _, summary = trained
+    root, docs, queries, judged = _tiny_beir_with_empty_texts(tmp_path / "beir")
+    out = tmp_path / "metrics.json"
+    argv = ["evaluate", "--model", summary["export_dir"], "--data", root, "--format", "beir",
+            "--output", str(out), "--quiet"]
+    with pytest.warns(data_lib.EmptyTextWarning) as record:
+        assert cli.main(argv) == 0
+    messages = _messages(record)
+    assert any("corpus.jsonl: 1 document has an empty title and text (id 'd2'); they are "
+               "embedded as empty text. Pass strict_text=True / --strict" in m for m in messages)
+    assert any("queries.jsonl: 1 query has an empty text (id 'q2')" in m for m in messages)
+    metrics = json.loads(out.read_text())
+    assert (metrics["num_queries"], metrics["num_documents"]) == (3, 4)
+    # the reference definition: every text embedded as is, the empty ones as ""
+    query_fn, doc_fn = evaluation.text_encoders(summary["export_dir"])
+    q = np.asarray(query_fn([queries[i].strip() for i in judged]))
+    d = np.asarray(doc_fn(list(docs.values())))
+    scores = q @ d.T
+    ranks = [1 + int(np.sum(row > row[list(docs).index(judged[qid])]))
+             for qid, row in zip(judged, scores)]
+    assert metrics["mrr"] == pytest.approx(np.mean([1 / r for r in ranks]), abs=1e-6)
+    assert metrics["p@1"] == pytest.approx(np.mean([r == 1 for r in ranks]), abs=1e-9)
+    # --strict keeps the error naming the file and line
+    capsys.readouterr()
+    assert cli.main(argv + ["--strict"]) == 2
+    assert "corpus.jsonl, line 2: document 'd2' has an empty title and text" in capsys.readouterr().err
+
+
+def test_evaluate_squad_keeps_an_empty_question(trained, tmp_path, capsys):
+    _, summary = trained
+    context = "Protein folds fast in the cell. Vitamin D helps the bones grow."
+    squad = {"version": "1.1", "data": [{"title": "A", "paragraphs": [{"context": context, "qas": [
+        {"id": "a", "question": "What folds fast?", "answers": [{"text": "Protein", "answer_start": 0}]},
+        {"id": "b", "question": " ", "answers": [{"text": "Vitamin D",
+                                                  "answer_start": context.index("Vitamin")}]},
+    ]}]}]}
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(squad))
+    out = tmp_path / "metrics.json"
+    argv = ["evaluate", "--model", summary["export_dir"], "--data", str(path), "--format", "squad",
+            "--output", str(out), "--quiet"]
+    with pytest.warns(data_lib.EmptyTextWarning, match=r"squad\.json: 1 question has an empty text \(id 'b'\)"):
+        assert cli.main(argv) == 0
+    metrics = json.loads(out.read_text())
+    assert (metrics["num_queries"], metrics["num_documents"]) == (2, 2)
+    capsys.readouterr()
+    assert cli.main(argv + ["--strict"]) == 2
+    assert "data[0].paragraphs[0].qas[1].question is empty" in capsys.readouterr().err
+
+
+def test_train_strict_refuses_empty_texts_before_training(tmp_path, capsys):
+    root, _, _, _ = _tiny_beir_with_empty_texts(tmp_path / "beir")
+    argv = ["train", "--data", root, "--encoder", str(tmp_path / "no_encoder"), "--vocab",
+            str(tmp_path / "no_vocab.txt"), "--output-dir", str(tmp_path / "run"),
+            "--strategy", "default", "--strict"]
+    assert cli.main(argv) == 2
+    assert "corpus.jsonl, line 2: document 'd2' has an empty title and text" in capsys.readouterr().err

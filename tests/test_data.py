@@ -2,15 +2,18 @@
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from samtone_tf.data import (
+    EmptyTextWarning,
     dense_id_maps,
     load_beir,
     make_pair_dataset,
+    refuse_empty_text,
     training_pairs_from_qrels,
 )
 from samtone_tf.tokenization import BertTextTokenizer, build_wordpiece_vocab
@@ -98,10 +101,8 @@ def test_load_beir_small_and_pairs(tmp_path):
          r"train\.tsv, line 6: score 'high' is not an integer"),
         (GOOD_CORPUS, [json.dumps({"_id": "q1", "text": 5})], GOOD_QRELS,
          r"queries\.jsonl, line 1: field 'text' must be a string"),
-        (GOOD_CORPUS, GOOD_QUERIES[:1] + [json.dumps({"_id": "q2", "text": "  "})], GOOD_QRELS,
-         r"queries\.jsonl, line 2: query 'q2' has an empty text"),
-        (GOOD_CORPUS + [json.dumps({"_id": "d4", "title": "", "text": ""})], GOOD_QUERIES,
-         GOOD_QRELS, r"corpus\.jsonl, line 4: document 'd4' has an empty title and text"),
+        (GOOD_CORPUS + [json.dumps({"text": "no id"})], GOOD_QUERIES, GOOD_QRELS,
+         r"corpus\.jsonl, line 4: missing field '_id'"),
     ],
 )
 def test_load_beir_errors_name_file_and_line(tmp_path, corpus, queries, qrels, message):
@@ -122,6 +123,61 @@ def test_load_beir_non_utf8_bytes_name_file_and_line(tmp_path, name, line):
         f.write(b"\n".join(rows))
     with pytest.raises(ValueError, match=rf"{os.path.basename(name)}, line {line}: not valid UTF-8"):
         load_beir(root, "train")
+
+
+EMPTY_DOCS = [json.dumps({"_id": "d4", "title": "", "text": ""}),
+              json.dumps({"_id": "d5", "title": None, "text": " \t"})]
+EMPTY_QUERY = json.dumps({"_id": "q3", "text": "  "})
+
+
+def _empty_text_warnings(record):
+    return [str(w.message) for w in record if issubclass(w.category, EmptyTextWarning)]
+
+
+def test_load_beir_keeps_empty_texts_with_one_warning_per_file(tmp_path):
+    root = _write_beir(tmp_path, GOOD_CORPUS + EMPTY_DOCS, GOOD_QUERIES + [EMPTY_QUERY],
+                       GOOD_QRELS + "q3\td4\t1\nq1\td5\t0\n")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        corpus, queries, qrels = load_beir(root, "train")
+    corpus_msg, queries_msg = _empty_text_warnings(record)
+    assert corpus_msg == (
+        f"{os.path.join(root, 'corpus.jsonl')}: 2 documents have an empty title and text "
+        "(ids 'd4', 'd5'); they are embedded as empty text. Pass strict_text=True / --strict "
+        "to refuse them.")
+    assert queries_msg.startswith(f"{os.path.join(root, 'queries.jsonl')}: 1 query has an "
+                                  "empty text (id 'q3'); they are embedded as empty text.")
+    # kept, in file order, as "": every query and judgment is still there
+    assert list(corpus) == ["d1", "d2", "3", "d4", "d5"] and corpus["d4"] == corpus["d5"] == ""
+    assert queries == {"q1": "first?", "q2": "second?", "q3": ""}
+    assert qrels["q3"] == {"d4": 1} and qrels["q1"]["d5"] == 0
+    assert training_pairs_from_qrels(corpus, queries, qrels)[-1] == ("q3", "", "d4", "")
+
+
+def test_load_beir_names_only_the_first_five_empty_ids(tmp_path):
+    empty = [json.dumps({"_id": f"e{i}", "text": ""}) for i in range(7)]
+    root = _write_beir(tmp_path, GOOD_CORPUS + empty, GOOD_QUERIES, GOOD_QRELS)
+    with pytest.warns(EmptyTextWarning, match=r"7 documents have an empty title and text "
+                      r"\(ids 'e0', 'e1', 'e2', 'e3', 'e4', \.\.\.\)"):
+        corpus, _, _ = load_beir(root, "train")
+    assert len(corpus) == 10
+
+
+@pytest.mark.parametrize("corpus, queries, message", [
+    (GOOD_CORPUS + EMPTY_DOCS, GOOD_QUERIES,
+     r"corpus\.jsonl, line 4: document 'd4' has an empty title and text"),
+    (GOOD_CORPUS, GOOD_QUERIES + [EMPTY_QUERY], r"queries\.jsonl, line 3: query 'q3' has an empty text"),
+])
+def test_load_beir_strict_text_refuses_empty_texts(tmp_path, corpus, queries, message):
+    root = _write_beir(tmp_path, corpus, queries, GOOD_QRELS)
+    with pytest.raises(ValueError, match=message):
+        load_beir(root, "train", strict_text=True)
+    with refuse_empty_text(), pytest.raises(ValueError, match=message):
+        load_beir(root, "train")  # strict_text=None follows the context (the CLI's --strict)
+    with refuse_empty_text(), pytest.warns(EmptyTextWarning):
+        load_beir(root, "train", strict_text=False)  # an explicit argument wins
+    with pytest.warns(EmptyTextWarning):
+        load_beir(root, "train")  # the context is gone after the block
 
 
 def test_load_beir_missing_file_and_lenient_mode(tmp_path):
@@ -175,6 +231,20 @@ def test_pair_dataset_shapes_dtypes_and_labels(tokenizers):
     np.testing.assert_array_equal(feats["document_token_ids"][0], feats["document_token_ids"][3])
     np.testing.assert_array_equal(feats["query_token_ids"][0], qtok(tf.constant("what is a cat"))["token_ids"])
     np.testing.assert_array_equal(feats["document_token_ids"][1], dtok(tf.constant("dogs bark loudly"))["token_ids"])
+
+
+def test_pair_dataset_empty_texts_are_cls_sep(tokenizers):
+    """An empty query / document (kept by load_beir with a warning) is the tokenizer's
+    empty input: [CLS] [SEP] then padding, like a BERT tokenizer's encoding of ""."""
+    qtok, dtok = tokenizers
+    pairs = PAIRS[:1] + [("q9", "", "d9", ""), ("q8", " \t", "d8", "fish")]
+    feats, _ = next(make_pair_dataset(pairs, (qtok, dtok), batch_size=3, shuffle=False)
+                    .as_numpy_iterator())
+    for side, tok in (("query", qtok), ("document", dtok)):
+        ids, mask = feats[f"{side}_token_ids"][1], feats[f"{side}_padding_mask"][1]
+        np.testing.assert_array_equal(ids, [tok.cls_id, tok.sep_id] + [tok.pad_id] * (tok.max_length - 2))
+        np.testing.assert_array_equal(mask, [1, 1] + [0] * (tok.max_length - 2))
+    np.testing.assert_array_equal(feats["query_token_ids"][2], feats["query_token_ids"][1])
 
 
 def test_pair_dataset_drop_remainder_shuffle_repeat(tokenizers):

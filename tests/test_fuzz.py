@@ -411,15 +411,17 @@ def beir_mutations(draw, kind):
         lines[k] = json.dumps(record)
         return files, strict, _error(name, k + 1, f"field '{field}' must be a string")
     if kind == "null_or_blank_text":
+        # an empty text is kept as "" with a warning; strict_text=True refuses it (3rd item)
         record["text"] = draw(st.sampled_from([None, "", "  ", "\t"]))
         lines[k] = json.dumps(record)
         rid = str(record["_id"])
         if target == "queries":
-            return files, strict, _error(name, k + 1, f"query '{rid}' has an empty text")
-        title = (record.get("title") or "").strip()
-        if not title:
-            return files, strict, _error(name, k + 1, f"document '{rid}' has an empty title and text")
+            queries[rid] = ""
+            return files, strict, ok + (_error(name, k + 1, f"query '{rid}' has an empty text"),)
         corpus[rid] = ((record.get("title") or "") + " " + (record["text"] or "")).strip()
+        if not corpus[rid]:
+            return files, strict, ok + (
+                _error(name, k + 1, f"document '{rid}' has an empty title and text"),)
         return files, strict, ok
     if kind == "bad_id_type":
         record["_id"] = draw(st.sampled_from([None, 1.5, True, [1], {"a": 1}]))
@@ -511,14 +513,26 @@ def _expected_pairs(corpus, queries, qrels):
 
 
 def _check_beir(root, strict, expectation):
+    from samtone_tf.data import EmptyTextWarning
+
     if expectation[0] == "ok":
-        corpus, queries, qrels = load_beir(root, "train", strict=strict)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            corpus, queries, qrels = load_beir(root, "train", strict=strict)
+        empty_text_error = expectation[2] if len(expectation) > 2 else None
+        assert any(issubclass(w.category, EmptyTextWarning) for w in caught) == bool(empty_text_error)
+        if empty_text_error:
+            _, kind, pattern = empty_text_error
+            with pytest.raises(kind, match=pattern):
+                load_beir(root, "train", strict=strict, strict_text=True)
         assert (corpus, queries, qrels) == expectation[1]
         assert list(corpus) == list(expectation[1][0])  # file order
         assert list(qrels) == list(expectation[1][2])
         assert training_pairs_from_qrels(corpus, queries, qrels) == _expected_pairs(*expectation[1])
         if strict:
-            e_corpus, e_queries, e_qrels = load_eval_data(root, "beir", "train")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", EmptyTextWarning)
+                e_corpus, e_queries, e_qrels = load_eval_data(root, "beir", "train")
             assert (e_corpus, e_qrels) == (corpus, qrels)
             assert e_queries == {q: queries[q] for q in qrels}
         return
@@ -619,7 +633,7 @@ def _reqa_oracle(articles):
                 pos += len(sentence) + 1
             for qa in para["qas"]:
                 start = qa["answers"][0]["answer_start"]
-                queries[qa["id"]] = qa["question"]
+                queries[qa["id"]] = qa["question"] if qa["question"].strip() else ""
                 qrels[qa["id"]] = {ids[max(i for i, x in enumerate(starts) if x <= start)]: 1}
     return corpus, queries, qrels
 
@@ -667,9 +681,9 @@ def squad_mutations(draw, kind):
                 articles[first[0]]["paragraphs"][first[1]]["qas"][first[2]]["id"])
             where = f"data[{second[0]}].paragraphs[{second[1]}].qas[{second[2]}]"
             return data, strict, None, ("error", re.escape(where) + ": duplicate question id"), original
-        if kind == "empty_question":
+        if kind == "empty_question":  # kept as "" with a warning (strict_text=True refuses it)
             qa["question"] = draw(st.sampled_from(["", "  "]))
-            return data, strict, a, ("error", re.escape(where + ".question is empty")), original
+            return data, strict, None, ok(), copy.deepcopy(data)
         if kind == "empty_answers":
             qa["answers"] = []
             message = re.escape(where) + r".*no answers"
@@ -746,6 +760,13 @@ def test_squad_mutations_build_correctly_or_name_file_and_location(kind, data):
         _check_reqa(lambda: reqa.build_reqa(path, strict=strict), expectation, path)
         if strict:
             _check_reqa(lambda: load_eval_data(path, "squad", "all"), expectation, path)
+        if kind == "empty_question":
+            from samtone_tf.data import EmptyTextWarning
+
+            with pytest.warns(EmptyTextWarning, match=re.escape(path) + ": 1 question has an empty text"):
+                reqa.build_reqa(path, strict=strict)
+            with pytest.raises(ValueError, match=re.escape(path) + r".*\.question is empty"):
+                reqa.build_reqa(path, strict=strict, strict_text=True)
         if expectation[0] == "error" and bad_article is None:
             # a file-level problem: splitting fails too, naming the file
             if kind != "duplicate_qid":
