@@ -312,13 +312,19 @@ class Study:
                 mine_seconds += self._mine(model)
                 refreshes += 1
             x = {"q": self.train_q[self.query_rows[batch]], "d": self.train_d[self.doc_rows[batch]]}
+            # labels: one id per output slot (query row, corpus row, then the mined
+            # documents' corpus rows and the mined queries' rows), so the loss drops mined
+            # negatives that are positives of any anchor of the batch
+            y = [self.labels[batch]]
             if hd:
-                table = self.miner.document_table
-                x["hd"] = self.train_d[table[self.query_rows[batch]]]
+                rows = self.miner.document_table[self.query_rows[batch]]
+                x["hd"] = self.train_d[rows]
+                y.append(rows.astype(np.float32))
             if hq:
-                table = self.miner.query_table
-                x["hq"] = self.train_q[table[self.positive_rows[batch]]]
-            out = model.train_on_batch(x, self.labels[batch])
+                rows = self.miner.query_table[self.positive_rows[batch]]
+                x["hq"] = self.train_q[rows]
+                y.append(rows.astype(np.float32))
+            out = model.train_on_batch(x, np.concatenate(y, axis=1))
             losses.append(float(out[0] if isinstance(out, (list, tuple)) else out))
         seconds = time.perf_counter() - started
         if not np.all(np.isfinite(losses)):

@@ -317,11 +317,12 @@ def _normalise_pairs(pairs):
     return out
 
 
-def dense_id_maps(pairs):
+def dense_id_maps(pairs, extra_document_ids=()):
     """Maps each distinct query id and document id to a dense integer.
 
     Ids are numbered in order of first appearance in ``pairs`` (query and document ids
-    are separate spaces). Returns ``(query_index, doc_index)`` dicts.
+    are separate spaces); ``extra_document_ids`` (e.g. mined hard negatives' ids) not among
+    the pairs' documents are numbered after them. Returns ``(query_index, doc_index)`` dicts.
 
     Raises:
       ValueError: more than ``2**24`` distinct ids of one kind (not exact in float32).
@@ -329,6 +330,8 @@ def dense_id_maps(pairs):
     query_index, doc_index = {}, {}
     for qid, _, did, _ in _normalise_pairs(pairs):
         query_index.setdefault(qid, len(query_index))
+        doc_index.setdefault(did, len(doc_index))
+    for did in extra_document_ids:
         doc_index.setdefault(did, len(doc_index))
     for kind, index in (("query", query_index), ("document", doc_index)):
         if len(index) > MAX_EXACT_FLOAT32_ID:
@@ -394,6 +397,7 @@ def make_pair_dataset(
     seed=0,
     repeat=False,
     hard_negatives=None,
+    hard_negative_ids=None,
 ):
     """Batched, tokenised ``(features, labels)`` dataset of positive pairs.
 
@@ -412,6 +416,11 @@ def make_pair_dataset(
         ``repeat`` each iteration (Keras epoch) reshuffles, and a second iterator of the
         same dataset object sees a different order than the first.
       hard_negatives: optional sequence (one per pair) of ``H`` document texts each.
+      hard_negative_ids: optional sequence (one per pair) of the ``H`` hard negatives'
+        document ids, in the id space of the pairs' document ids. Without it a hard negative
+        is known by its text: one equal to a pair's document text has that document's id.
+        A hard negative whose id is a positive of an anchor leaves that anchor's
+        denominators (``SamToNeLoss(mask_duplicates=True)``).
 
     Returns:
       ``tf.data.Dataset`` of ``(features, labels)``:
@@ -420,8 +429,10 @@ def make_pair_dataset(
         - with hard negatives, ``hard_negative_document_token_ids`` /
           ``hard_negative_document_padding_mask``: int32 ``[B, H, Ld]``;
         - ``labels``: float32 ``[B, 2]`` = (dense query index, dense document index),
-          see :func:`dense_id_maps`; equal values mean the same query / document, which
-          the losses mask as false negatives.
+          see :func:`dense_id_maps`, and with hard negatives ``[B, 2 + H]``: then the
+          hard negatives' dense document indices follow, one id per slot of the model's
+          output. Examples with an equal query or document index are linked, and the losses
+          mask linked examples and mined positives as false negatives.
 
     Raises:
       ValueError: bad ``batch_size`` (< 1 or more than the number of pairs), malformed
@@ -436,13 +447,8 @@ def make_pair_dataset(
             "dataset would be empty."
         )
     query_tokenizer, doc_tokenizer = _split_tokenizers(tokenizer_or_tokenizers)
-    query_index, doc_index = dense_id_maps(pairs)
-
-    columns = {
-        "query_text": [p[1] for p in pairs],
-        "document_text": [p[3] for p in pairs],
-        "labels": np.array([[query_index[p[0]], doc_index[p[2]]] for p in pairs], dtype=np.float32),
-    }
+    if hard_negative_ids is not None and hard_negatives is None:
+        raise ValueError("hard_negative_ids given without hard_negatives.")
     if hard_negatives is not None:
         hard_negatives = [list(h) for h in hard_negatives]
         if len(hard_negatives) != len(pairs):
@@ -457,6 +463,28 @@ def make_pair_dataset(
                 raise ValueError(f"hard_negatives[{i}] has {len(h)} texts; expected {num_hard} like hard_negatives[0].")
             if not all(isinstance(t, str) for t in h):
                 raise ValueError(f"hard_negatives[{i}] must contain only str texts.")
+        if hard_negative_ids is None:  # known by text: a pair's document text has its id
+            by_text = {}
+            for _, _, did, text in pairs:
+                by_text.setdefault(text, did)
+            hard_negative_ids = [[by_text.get(t, ("hard negative text", t)) for t in h]
+                                 for h in hard_negatives]
+        hard_negative_ids = [list(h) for h in hard_negative_ids]
+        if [len(h) for h in hard_negative_ids] != [len(h) for h in hard_negatives]:
+            raise ValueError("hard_negative_ids must hold one id per hard negative text "
+                             "(the same lengths as hard_negatives).")
+    query_index, doc_index = dense_id_maps(
+        pairs, [i for h in (hard_negative_ids or []) for i in h])
+
+    labels = [[query_index[p[0]], doc_index[p[2]]] for p in pairs]
+    if hard_negatives is not None:
+        labels = [row + [doc_index[i] for i in ids] for row, ids in zip(labels, hard_negative_ids)]
+    columns = {
+        "query_text": [p[1] for p in pairs],
+        "document_text": [p[3] for p in pairs],
+        "labels": np.array(labels, dtype=np.float32),
+    }
+    if hard_negatives is not None:
         columns["hard_negative_text"] = hard_negatives
 
     if repeat:

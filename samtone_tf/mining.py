@@ -377,7 +377,12 @@ class HardNegativeMiner:
         ``num_hard_queries > 0``, ``hard_negative_query_token_ids`` /
         ``hard_negative_query_padding_mask`` int32 ``[B, Hq, Lq]``. A pair's negatives are its
         query's row of ``document_table`` and its document's row of ``query_table``, read
-        when the batch is produced. ``prefetch=False`` produces each batch only when it is
+        when the batch is produced. The labels are ``[B, 2 + Hd + Hq]`` float32: the
+        (query, document) ids of ``make_pair_dataset``, then the ids of the hard-negative
+        documents and queries, one per output slot, so that ``SamToNeLoss(mask_duplicates=True)``
+        drops a mined negative from the rows of every anchor it is a positive of (the miner
+        itself only excludes the positives of the query it mines for). ``prefetch=False``
+        produces each batch only when it is
         asked for (no read-ahead), so every batch after a refresh has the new negatives.
         Pass ``steps_per_epoch`` to ``fit`` (the dataset is infinite).
         """
@@ -386,7 +391,12 @@ class HardNegativeMiner:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
         if batch_size > len(self.pairs):
             raise ValueError(f"batch_size={batch_size} exceeds the {len(self.pairs)} pairs.")
-        query_index, doc_index = data_lib.dense_id_maps(self.pairs)
+        # labels: one id per output slot (query, document, hard-negative documents, then
+        # hard-negative queries), in the spaces of make_pair_dataset's dense indices; corpus
+        # documents that are in no pair are numbered after the pairs' documents
+        query_index, doc_index = data_lib.dense_id_maps(self.pairs, self.doc_ids)
+        corpus_labels = tf.constant([doc_index[d] for d in self.doc_ids], tf.float32)
+        query_labels = tf.constant([query_index[q] for q in self.query_ids], tf.float32)
         columns = {
             "query_text": [p[1] for p in self.pairs],
             "document_text": [p[3] for p in self.pairs],
@@ -417,11 +427,14 @@ class HardNegativeMiner:
             rows = tf.gather(doc_table.read_value(), batch["query_row"])  # [B, Hd]
             grouped(doc_tokenizer, tf.gather(corpus_texts, rows), hd,
                     "hard_negative_document_", features)
+            labels = [batch["labels"], tf.gather(corpus_labels, rows)]
             if hq:
                 rows = tf.gather(query_table.read_value()[:, :hq], batch["positive_row"])
                 grouped(query_tokenizer, tf.gather(query_texts, rows), hq,
                         "hard_negative_query_", features)
-            return features, batch["labels"]
+                labels.append(tf.gather(query_labels, rows))
+            return features, tf.ensure_shape(tf.concat(labels, axis=1),
+                                              [batch_size, 2 + hd + hq])
 
         if prefetch:
             ds = batches.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

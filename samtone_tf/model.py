@@ -329,6 +329,33 @@ class DualEncoder(keras.Model):
             tf.minimum(tf.convert_to_tensor(self.logit_scale), math.log(self.max_logit_scale))
         )
 
+    def _check_loss_slots(self, x):
+        """Refuses a compiled loss whose count of hard-negative query slots is not the
+        number of hard-negative queries in the inputs: the loss would otherwise read
+        query slots as document slots (or the reverse) without a word."""
+        expected = getattr(getattr(self, "loss", None), "num_hard_negative_queries", None)
+        if expected is None or not isinstance(x, dict):
+            return
+        given = 0
+        if HARD_NEGATIVE_QUERY_KEYS[0] in x:
+            given = x[HARD_NEGATIVE_QUERY_KEYS[0]].shape[1]
+        if given is not None and given != expected:
+            raise ValueError(
+                f"The inputs hold {given} hard-negative queries per example "
+                f"(`{HARD_NEGATIVE_QUERY_KEYS[0]}`) but the loss was compiled with "
+                f"num_hard_negative_queries={expected}; the loss reads the last "
+                "num_hard_negative_queries output slots as queries. Pass "
+                f"`SamToNeLoss(num_hard_negative_queries={given}, bidirectional=True, ...)`.")
+
+    if IS_KERAS3:
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            self._check_loss_slots(x)
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+    else:
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
+            self._check_loss_slots(x)
+            return super().compute_loss(x, y, y_pred, sample_weight)
+
     def call(self, inputs, training=None):
         if not isinstance(inputs, dict):
             raise ValueError(

@@ -95,7 +95,8 @@ def fit_with_mining(directory, strategy=None, *, steps=4, every=2, batch_size=8,
 
 
 def expected_hard_negatives(miner, labels):
-    """Token ids the current tables give the pairs of a batch (``labels`` [B, 2]):
+    """Token ids the current tables give the pairs of a batch (``labels`` [B, 2 + Hd + Hq],
+    of which the (query id, document id) columns are read):
     ``(documents [B, Hd, Ld], queries [B, Hq, Lq] or None)``."""
     from samtone_tf import data as data_lib
 

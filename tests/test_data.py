@@ -17,9 +17,10 @@ from samtone_tf.data import (
     training_pairs_from_qrels,
 )
 from samtone_tf.tokenization import BertTextTokenizer, build_wordpiece_vocab
+from tests._requirements import needs_data
 
 SCIFACT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "scifact"))
-needs_scifact = pytest.mark.skipif(not os.path.isdir(SCIFACT), reason="shared SciFact data not present")
+needs_scifact = needs_data(SCIFACT)
 
 
 # ---------------------------------------------------------------------------- BEIR
@@ -290,6 +291,24 @@ def test_pair_dataset_hard_negatives(tokenizers):
     expect = dtok(tf.constant(["cats purr", "fish swim"]))
     np.testing.assert_array_equal(feats["hard_negative_document_token_ids"][4], expect["token_ids"])
     np.testing.assert_array_equal(feats["hard_negative_document_padding_mask"][4], expect["padding_mask"])
+    # labels: (query id, document id, the hard negatives' document ids); a hard negative is
+    # known by its text: "fish swim" is d2, "dogs bark loudly" d1, "cats purr" d0
+    labels = next(iter(ds))[1].numpy()
+    np.testing.assert_array_equal(labels, [[0, 0, 2, 1], [1, 1, 2, 1], [0, 2, 2, 1],
+                                           [2, 0, 2, 1], [3, 1, 0, 2]])
+    # explicit ids, one unseen (numbered after the pairs' documents)
+    ids = [["d2", "d9"]] * 4 + [["d0", "d2"]]
+    labels = next(iter(make_pair_dataset(PAIRS, (qtok, dtok), 5, shuffle=False,
+                                         hard_negatives=hard, hard_negative_ids=ids)))[1]
+    np.testing.assert_array_equal(labels.numpy()[:, 2:], [[2, 3]] * 4 + [[0, 2]])
+    unseen = [["not a document of any pair", "dogs bark loudly"]] * 5
+    labels = next(iter(make_pair_dataset(PAIRS, (qtok, dtok), 5, shuffle=False,
+                                         hard_negatives=unseen)))[1]
+    np.testing.assert_array_equal(labels.numpy()[:, 2:], [[3, 1]] * 5)
+    with pytest.raises(ValueError, match="one id per hard negative text"):
+        make_pair_dataset(PAIRS, qtok, 2, hard_negatives=hard, hard_negative_ids=[["d0"]] * 5)
+    with pytest.raises(ValueError, match="hard_negative_ids given without hard_negatives"):
+        make_pair_dataset(PAIRS, qtok, 2, hard_negative_ids=ids)
     with pytest.raises(ValueError, match=r"hard_negatives\[2\] has 1 texts"):
         make_pair_dataset(PAIRS, qtok, 2, hard_negatives=[["a", "b"], ["a", "b"], ["a"], ["a", "b"], ["a", "b"]])
     with pytest.raises(ValueError, match="one list per pair"):

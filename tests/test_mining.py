@@ -13,14 +13,14 @@ import pytest
 from samtone_tf import data as data_lib
 from samtone_tf.mining import HardNegativeMiner, HardNegativeMiningCallback
 from tests import mining_worker
+from tests._requirements import require_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def sliced(tmp_path_factory):
-    if not os.path.isdir(mining_worker.SCIFACT):
-        pytest.skip("../shared/data/scifact is not beside the repository")
+    require_data(mining_worker.SCIFACT)
     directory = str(tmp_path_factory.mktemp("mining"))
     corpus, qrels, pairs = mining_worker.scifact_slice()
     return directory, corpus, qrels, pairs, mining_worker.tokenizers(directory, corpus, pairs)
@@ -124,10 +124,23 @@ def test_dataset_follows_the_tables_and_keeps_the_pair_order(sliced):
     iterator = iter(miner.dataset(8, seed=5, prefetch=False))
     reference = iter(data_lib.make_pair_dataset(pairs, toks, 8, seed=5, repeat=True))
 
+    query_index, doc_index = data_lib.dense_id_maps(pairs, miner.doc_ids)
+    qid_of = {v: k for k, v in query_index.items()}
+    did_of = {v: k for k, v in doc_index.items()}
+
     def check(features, labels):
         docs, queries = mining_worker.expected_hard_negatives(miner, labels.numpy())
         np.testing.assert_array_equal(features["hard_negative_document_token_ids"], docs)
         np.testing.assert_array_equal(features["hard_negative_query_token_ids"], queries)
+        # labels: (query id, document id, 2 hard-negative document ids, 1 query id), each
+        # the id of the corpus document / training query in that slot
+        ids = labels.numpy().astype(np.int64)
+        assert ids.shape == (8, 5)
+        for row in ids:
+            doc_rows = miner.document_table[miner._query_row[qid_of[row[0]]]]
+            assert [did_of[i] for i in row[2:4]] == [miner.doc_ids[j] for j in doc_rows]
+            query_rows = miner.query_table[miner._positive_row[did_of[row[1]]]]
+            assert [qid_of[i] for i in row[4:]] == [miner.query_ids[j] for j in query_rows]
         return docs, queries
 
     features, labels = next(iterator)
@@ -135,7 +148,7 @@ def test_dataset_follows_the_tables_and_keeps_the_pair_order(sliced):
     assert features["hard_negative_query_token_ids"].shape == (8, 1, 16)
     assert features["hard_negative_query_padding_mask"].shape == (8, 1, 16)
     ref_features, ref_labels = next(reference)
-    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_array_equal(labels[:, :2], ref_labels)
     for key in ref_features:
         np.testing.assert_array_equal(features[key], ref_features[key])
     old_docs, old_queries = check(features, labels)
@@ -146,7 +159,7 @@ def test_dataset_follows_the_tables_and_keeps_the_pair_order(sliced):
     for _ in range(3):  # every later batch follows the new tables, no rebuild
         features, labels = next(iterator)
         ref_features, ref_labels = next(reference)
-        np.testing.assert_array_equal(labels, ref_labels)
+        np.testing.assert_array_equal(labels[:, :2], ref_labels)
         check(features, labels)
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import samtone_tf
+
 from samtone_tf._keras import IS_KERAS3, keras
 from samtone_tf.encoders import KerasHubEncoder, TFHubEncoder
 from samtone_tf.model import DualEncoder
@@ -260,6 +262,26 @@ def test_fit_step_updates_towers_projection_and_temperature(make_spec, kind):
     assert np.isfinite(history.history["loss"][0])
     for key, variable in tracked.items():
         assert not np.allclose(before[key], variable.numpy()), f"{key} did not change"
+
+
+@pytest.mark.parametrize("given,compiled", [(1, 0), (0, 1), (1, 2)])
+def test_fit_refuses_a_loss_with_another_count_of_hard_negative_queries(make_spec, given,
+                                                                         compiled):
+    # Without the check, fit trains with query slots read as documents (or the reverse).
+    model = _model(make_spec, "sde", projection_dim=DIM)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1),
+                  loss=samtone_tf.SamToNeLoss(temperature=0.1, bidirectional=True,
+                                              num_hard_negative_queries=compiled))
+    x = _inputs(hard_documents=HD, hard_queries=given)
+    dataset = tf.data.Dataset.from_tensor_slices((x, tf.zeros([B, 2]))).batch(B)
+    with pytest.raises(ValueError, match=f"inputs hold {given} hard-negative queries .* "
+                                         f"num_hard_negative_queries={compiled}"):
+        model.fit(dataset, epochs=1, verbose=0)
+    # the matching count trains
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1),
+                  loss=samtone_tf.SamToNeLoss(temperature=0.1, bidirectional=True,
+                                              num_hard_negative_queries=given))
+    assert np.isfinite(model.fit(dataset, epochs=1, verbose=0).history["loss"][0])
 
 
 # ------------------------------------------------------------------- config
