@@ -296,11 +296,24 @@ def export_dual_encoder(model, query_tokenizer, document_tokenizer=None, output_
 
 # ---------------------------------------------------------------------------- index
 def tfrs_usable():
-    """Whether tensorflow-recommenders imports in this process (Keras 2 mode only)."""
+    """Whether tensorflow-recommenders imports in this process (Keras 2 mode only).
+
+    Returns False only when the import raises ImportError (not installed, or Keras 3:
+    TFRS refuses to import without ``TF_USE_LEGACY_KERAS=1``).
+
+    Raises:
+      RuntimeError: the import failed with any other error (a broken installation or
+        version clash), naming it, rather than silently exporting without TFRS.
+    """
     try:
         import tensorflow_recommenders  # noqa: F401
-    except Exception:  # ImportError under Keras 3; anything else means unusable too
+    except ImportError:
         return False
+    except Exception as e:  # noqa: BLE001 - re-raised with the cause named
+        raise RuntimeError(
+            f"tensorflow_recommenders is installed but importing it failed with "
+            f"{type(e).__name__}: {e}. Fix or uninstall it, or export with backend='tf'."
+        ) from e
     return True
 
 
@@ -429,6 +442,8 @@ def export_index(export_dir_or_model, corpus_ids, corpus_texts, output_dir, k=10
       ValueError: bad ``k``/``batch_size``/``backend``, empty corpus, ids and texts of
         different lengths, duplicate ids.
       ImportError: ``backend="tfrs"`` where tensorflow-recommenders cannot be imported.
+      RuntimeError: tensorflow-recommenders is installed but its import fails with an
+        error other than ImportError (``backend`` ``"auto"`` or ``"tfrs"``).
       FileExistsError: ``output_dir`` exists and ``overwrite`` is False.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:

@@ -375,3 +375,45 @@ def test_export_index_arguments(exported, tmp_path):
         with pytest.raises(ImportError):
             export_index(path, ["a"], ["x"], str(tmp_path / "i"), backend="tfrs")
     assert not (tmp_path / "i").exists()
+
+
+class _TFRSImportFails:
+    """A meta path finder that makes ``import tensorflow_recommenders`` raise ``error``."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def find_spec(self, name, path=None, target=None):
+        import importlib.util
+
+        if name == "tensorflow_recommenders":
+            return importlib.util.spec_from_loader(name, self)
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        raise self.error
+
+
+def _break_tfrs_import(monkeypatch, error):
+    for name in [m for m in sys.modules if m.split(".")[0] == "tensorflow_recommenders"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_TFRSImportFails(error)] + sys.meta_path)
+
+
+def test_tfrs_import_error_means_unusable(monkeypatch):
+    _break_tfrs_import(monkeypatch, ImportError("No module named 'tensorflow_recommenders'"))
+    assert export_lib.tfrs_usable() is False
+
+
+def test_tfrs_failing_otherwise_is_an_error_not_unusable(monkeypatch, tmp_path):
+    _break_tfrs_import(monkeypatch, AttributeError("module 'keras' has no attribute 'xyz'"))
+    with pytest.raises(RuntimeError, match=r"tensorflow_recommenders is installed but importing "
+                       r"it failed with AttributeError: module 'keras' has no attribute 'xyz'"):
+        export_lib.tfrs_usable()
+    # export_index(backend="auto") does not silently pick the pure-TF index instead
+    with pytest.raises(RuntimeError, match="importing it failed with AttributeError"):
+        export_index("unused", ["a"], ["x"], str(tmp_path / "i"))
+    assert not (tmp_path / "i").exists()
