@@ -317,13 +317,13 @@ class Study:
             # negatives that are positives of any anchor of the batch
             y = [self.labels[batch]]
             if hd:
-                rows = self.miner.document_table[self.query_rows[batch]]
-                x["hd"] = self.train_d[rows]
-                y.append(rows.astype(np.float32))
+                mined = self.miner.document_table[self.query_rows[batch]]
+                x["hd"] = self.train_d[mined]
+                y.append(mined.astype(np.float32))
             if hq:
-                rows = self.miner.query_table[self.positive_rows[batch]]
-                x["hq"] = self.train_q[rows]
-                y.append(rows.astype(np.float32))
+                mined = self.miner.query_table[self.positive_rows[batch]]
+                x["hq"] = self.train_q[mined]
+                y.append(mined.astype(np.float32))
             out = model.train_on_batch(x, np.concatenate(y, axis=1))
             losses.append(float(out[0] if isinstance(out, (list, tuple)) else out))
         seconds = time.perf_counter() - started
