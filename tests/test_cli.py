@@ -11,6 +11,7 @@ import tensorflow as tf
 from samtone_tf import cli, data as data_lib, evaluation, retrieval
 from samtone_tf.tokenization import build_wordpiece_vocab
 from tests import _tiny
+from tests._requirements import require_data
 
 SCIFACT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "scifact")
 
@@ -18,8 +19,7 @@ SCIFACT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", 
 @pytest.fixture(scope="module")
 def small_beir(tmp_path_factory):
     """A real SciFact slice: the documents judged in train/test qrels plus 100 others."""
-    if not os.path.isdir(SCIFACT):
-        pytest.skip("../shared/data/scifact is not beside the repository")
+    require_data(SCIFACT)
     corpus, queries, train_qrels = data_lib.load_beir(SCIFACT, "train")
     _, _, test_qrels = data_lib.load_beir(SCIFACT, "test")
     train_q = sorted(train_qrels)[:96]

@@ -21,10 +21,11 @@ from samtone_tf.download import (
     file_digest,
     verify_files,
 )
+from tests import _requirements
 
 DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 SCIFACT = os.path.join(DATA, "scifact")
-needs_data = pytest.mark.skipif(not os.path.isdir(SCIFACT), reason="shared data not present")
+needs_data = _requirements.needs_data(SCIFACT)
 
 # From MANIFEST.md (the shared copies).
 QUERIES_SHA256 = "8ff84a7c903f722981cd8d595c022660140c51867b27608a6d4910db86080313"

@@ -8,14 +8,12 @@ import tensorflow as tf
 
 from samtone_tf import evaluation, retrieval
 from tests import mining_worker
+from tests._requirements import require_data
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    import os
-
-    if not os.path.isdir(mining_worker.SCIFACT):
-        pytest.skip("../shared/data/scifact is not beside the repository")
+    require_data(mining_worker.SCIFACT)
     from samtone_tf._keras import keras
     from samtone_tf.model import DualEncoder
 

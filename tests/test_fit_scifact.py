@@ -16,6 +16,7 @@ from samtone_tf._keras import IS_KERAS3, keras
 from samtone_tf.model import DualEncoder
 from samtone_tf.tokenization import BertTextTokenizer, build_wordpiece_vocab
 from tests import _tiny
+from tests._requirements import require_data
 
 SCIFACT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "scifact")
 BATCH = 32
@@ -23,8 +24,7 @@ BATCH = 32
 
 @pytest.fixture(scope="module")
 def scifact_pairs():
-    if not os.path.isdir(SCIFACT):
-        pytest.skip("../shared/data/scifact is not beside the repository")
+    require_data(SCIFACT)
     corpus, queries, qrels = data_lib.load_beir(SCIFACT, "train")
     return data_lib.training_pairs_from_qrels(corpus, queries, qrels)
 

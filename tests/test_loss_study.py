@@ -12,6 +12,8 @@ import os
 import numpy as np
 import pytest
 
+from tests._requirements import require_data
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SQUAD = os.path.join(HERE, "..", "..", "shared", "data", "squad", "squad_v1.1_train_subset.json")
 SCRIPT = os.path.join(HERE, "..", "benchmarks", "loss_study.py")
@@ -26,8 +28,7 @@ def _load_script():
 
 @pytest.fixture(scope="module")
 def study_module():
-    if not os.path.exists(SQUAD):
-        pytest.skip("../shared/data/squad is not beside the repository")
+    require_data(SQUAD)
     return _load_script()
 
 

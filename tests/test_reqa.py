@@ -12,11 +12,12 @@ import pytest
 import samtone_tf.reqa as reqa_module
 from samtone_tf.data import training_pairs_from_qrels
 from samtone_tf.reqa import ARTICLE_INDEX_KEY, build_reqa, load_reqa, split_by_article, split_sentences
+from tests._requirements import needs_data
 
 SQUAD = os.path.normpath(
     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "squad", "squad_v1.1_train_subset.json")
 )
-needs_squad = pytest.mark.skipif(not os.path.isfile(SQUAD), reason="shared SQuAD data not present")
+needs_squad = needs_data(SQUAD)
 
 
 def _texts(text):

