@@ -96,7 +96,9 @@ def _select(ranked, excluded, skip_top, depth, count, rng):
 
 def _replica_encoders(model, query_tokenizer, document_tokenizer, strategy):
     """``(query_fn, document_fn)`` that encode in replica context, each replica a slice of
-    the texts. Inside ``fit`` under a multi-replica strategy (Keras 2 keeps the strategy's
+    the texts, and gather every replica's slice (those of other workers too, under
+    ``MultiWorkerMirroredStrategy``), so every worker mines the same tables from the whole
+    corpus. Inside ``fit`` under a multi-replica strategy (Keras 2 keeps the strategy's
     scope open in callbacks) a TF-Hub SavedModel's restored functions fail when called in
     cross-replica context."""
 
@@ -114,8 +116,9 @@ def _replica_encoders(model, query_tokenizer, document_tokenizer, strategy):
             values = strategy.experimental_distribute_values_from_function(
                 lambda ctx: tf.constant(padded[ctx.replica_id_in_sync_group * per:
                                                (ctx.replica_id_in_sync_group + 1) * per]))
-            parts = strategy.experimental_local_results(strategy.run(lambda t: encode(t), args=(values,)))
-            return np.concatenate([np.asarray(p) for p in parts], axis=0)[:len(texts)]
+            # every replica holds `per` rows: the gather (in replica order) is the texts' order
+            gathered = strategy.gather(strategy.run(lambda t: encode(t), args=(values,)), axis=0)
+            return np.asarray(gathered)[:len(texts)]
         return fn
 
     return split(encode_queries), split(encode_documents)

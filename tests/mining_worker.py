@@ -141,9 +141,50 @@ def distributed_switch(miner, strategy, batch_size=8):
     return before, matches()
 
 
+def refresh_equals_one_device(directory, strategy):
+    """Refreshes a miner inside ``strategy``'s scope (replica encoders, gathered across
+    workers) and one outside any strategy with the same model; returns both tables."""
+    import tensorflow as tf
+
+    from samtone_tf._keras import keras
+    from samtone_tf.mining import HardNegativeMiner
+    from samtone_tf.model import DualEncoder
+
+    corpus, qrels, pairs = scifact_slice()
+    toks = tokenizers(directory, corpus, pairs)
+    miners = [HardNegativeMiner(pairs, corpus, toks, qrels=qrels, num_hard_documents=2,
+                                num_hard_queries=1, seed=0) for _ in range(2)]
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = DualEncoder(encoder(directory, seed=4), architecture="sde", projection_dim=16)
+        model({k: tf.zeros([1, 4], tf.int32) for k in (
+            "query_token_ids", "query_padding_mask", "document_token_ids",
+            "document_padding_mask")})
+        miners[0].refresh(model)
+    # the reference: the same model encodes every text on one device
+    from samtone_tf import retrieval
+    from samtone_tf.evaluation import dual_encoder_fns
+
+    query_fn, document_fn = dual_encoder_fns(model, *toks)
+    d = retrieval.encode_corpus(document_fn, miners[1].doc_texts, 64)
+    q = retrieval.encode_corpus(query_fn, miners[1].query_texts, 64)
+    miners[1].mine_from_embeddings(q, d)
+    return {"replicas": strategy.num_replicas_in_sync,
+            "document_table": miners[0].document_table.tolist(),
+            "query_table": miners[0].query_table.tolist(),
+            "reference_document_table": miners[1].document_table.tolist(),
+            "reference_query_table": miners[1].query_table.tolist()}
+
+
 def main(argv):
     import tensorflow as tf
 
+    if argv[0] == "multiworker":  # TF_CONFIG names the cluster; one CPU replica per process
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        result = refresh_equals_one_device(argv[1], strategy)
+        with open(argv[2], "w") as f:
+            json.dump(result, f)
+        return
     replicas, directory, output = int(argv[0]), argv[1], argv[2]
     cpus = tf.config.list_physical_devices("CPU")
     tf.config.set_logical_device_configuration(

@@ -203,6 +203,36 @@ def test_two_cpu_replicas_fit_and_follow_the_tables(sliced, tmp_path):
     assert result["switch_before"] and result["switch_after"]
 
 
+def test_multiworker_refresh_mines_from_the_whole_corpus(sliced, tmp_path):
+    # Two worker processes (MultiWorkerMirroredStrategy on 127.0.0.1): each encodes its share
+    # of the texts and gathers the other's, so both mine the tables one device mines.
+    from tests.test_distribute import _free_ports
+
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs, outputs = [], []
+    for index in range(2):
+        env = os.environ.copy()
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers},
+                                       "task": {"type": "worker", "index": index}})
+        outputs.append(tmp_path / f"worker{index}.json")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tests.mining_worker", "multiworker", sliced[0],
+             str(outputs[-1])], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE))
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err.decode()[-3000:]
+    finally:
+        for p in procs:
+            p.kill()
+    for out in outputs:
+        result = json.loads(out.read_text())
+        assert result["replicas"] == 2
+        assert result["document_table"] == result["reference_document_table"]
+        assert result["query_table"] == result["reference_query_table"]
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(num_hard_documents=0), "num_hard_documents"),
     (dict(num_hard_queries=-1), "num_hard_queries"),
