@@ -19,6 +19,7 @@ is NaN or infinite, before any later callback can save the weights that batch pr
 
 import math
 import os
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -46,10 +47,18 @@ def _optimizer_step(model):
 
 
 def _as_float(value):
+    """The loss in the batch logs as a float: its first non-finite element if it has one,
+    else its mean (a scalar: itself); None if it is not numeric or is empty."""
+    if value is None:  # np.asarray(None, dtype=float) would be NaN
+        return None
     try:
-        return float(np.asarray(value))
+        array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         return None
+    if array.size == 0:
+        return None
+    bad = array[~np.isfinite(array)]
+    return float(bad.flat[0]) if bad.size else float(array.mean())
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -60,20 +69,38 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     checkpoint (if a :class:`StepCheckpoint` is given), which holds the last finite weights.
     Unlike Keras' ``TerminateOnNaN`` (which sets ``stop_training``, so epoch-end callbacks
     such as ``BackupAndRestore`` still save), training ends at once with an exception.
+
+    Batch logs without a ``"loss"`` (a custom ``train_step`` that reports none) or with one
+    that is not a number cannot be checked: a ``RuntimeWarning`` says so, once per callback.
     """
 
     def __init__(self, checkpoint=None):
         super().__init__()
         self.checkpoint = checkpoint
         self._epoch = 0
+        self._warned = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
+    def _cannot_check(self, why):
+        if not self._warned:
+            self._warned = True
+            warnings.warn(f"StopOnNonFiniteLoss cannot check the training loss: {why}; a NaN "
+                          "or infinite loss will not stop training.", RuntimeWarning,
+                          stacklevel=3)
+
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
-        loss = _as_float(logs.get("loss"))
-        if loss is None or math.isfinite(loss):
+        if "loss" not in logs:
+            self._cannot_check(f"the batch logs have no 'loss' (keys: {sorted(logs)})")
+            return
+        loss = _as_float(logs["loss"])
+        if loss is None:
+            self._cannot_check(f"logs['loss'] is not a number "
+                               f"({type(logs['loss']).__name__} {logs['loss']!r:.80})")
+            return
+        if math.isfinite(loss):
             return
         step = _optimizer_step(self.model)
         where = ("no checkpoint was written" if self.checkpoint is None
@@ -103,15 +130,21 @@ def _model_checkpoint(model):
 
 def _build_optimizer(model):
     """Creates the optimizer's slot variables now, so a checkpoint restores them at once
-    (rather than when the first step creates them)."""
+    (rather than when the first step creates them). An optimizer without ``build`` (Keras 2
+    legacy optimizers) creates them lazily, and a checkpoint restores them on creation."""
     optimizer = model.optimizer
     if optimizer is None:
         raise ValueError("Compile the model (with an optimizer) before checkpointing it.")
+    if not callable(getattr(optimizer, "build", None)):
+        return
     if getattr(optimizer, "built", True) is False or not getattr(optimizer, "variables", None):
         try:
             optimizer.build(model.trainable_variables)
-        except (AttributeError, TypeError, ValueError):
-            pass
+        except Exception as e:
+            raise RuntimeError(
+                f"Could not create the variables of the {type(optimizer).__name__} optimizer "
+                f"before checkpointing ({type(e).__name__}: {e}); without them a restored "
+                "checkpoint cannot give the optimizer its saved state.") from e
 
 
 def _strategy_scope(model):

@@ -239,6 +239,78 @@ def test_bad_arguments(encoder_path, tmp_path):
         resilience.StepCheckpoint(str(tmp_path), every_steps=0)
 
 
+class _FakeOptimizer:
+    def __init__(self, build_error=None, has_build=True):
+        self.built = False
+        self.variables = []
+        self.iterations = tf.Variable(4, dtype=tf.int64)
+        self._build_error = build_error
+        if not has_build:
+            self.build = None
+
+    def build(self, variables):
+        if self._build_error is not None:
+            raise self._build_error
+        self.built = True
+
+
+class _FakeModel:
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.trainable_variables = []
+
+
+def test_failing_optimizer_build_is_an_error():
+    model = _FakeModel(_FakeOptimizer(ValueError("Unknown variable: dense/kernel")))
+    with pytest.raises(RuntimeError, match=r"Could not create the variables of the "
+                       r"_FakeOptimizer optimizer before checkpointing \(ValueError: Unknown "
+                       r"variable: dense/kernel\)"):
+        resilience._build_optimizer(model)
+    built = _FakeModel(_FakeOptimizer())
+    resilience._build_optimizer(built)
+    assert built.optimizer.built
+    resilience._build_optimizer(_FakeModel(_FakeOptimizer(has_build=False)))  # lazy: fine
+
+
+def _stop_callback():
+    callback = resilience.StopOnNonFiniteLoss()
+    callback.set_model(_FakeModel(_FakeOptimizer()))
+    return callback
+
+
+def test_stop_on_non_finite_loss_warns_once_when_logs_have_no_loss():
+    callback = _stop_callback()
+    with pytest.warns(RuntimeWarning) as record:
+        callback.on_train_batch_end(0, {"accuracy": 0.5})
+        callback.on_train_batch_end(1, {"accuracy": 0.25})
+        callback.on_train_batch_end(2, None)
+    assert len(record) == 1
+    assert ("StopOnNonFiniteLoss cannot check the training loss: the batch logs have no "
+            "'loss' (keys: ['accuracy'])") in str(record[0].message)
+    assert "will not stop training" in str(record[0].message)
+
+
+def test_stop_on_non_finite_loss_warns_once_on_an_unreadable_loss():
+    callback = _stop_callback()
+    with pytest.warns(RuntimeWarning) as record:
+        callback.on_train_batch_end(0, {"loss": "n/a"})
+        callback.on_train_batch_end(1, {"loss": None})
+    assert len(record) == 1
+    assert "logs['loss'] is not a number (str 'n/a')" in str(record[0].message)
+
+
+def test_stop_on_non_finite_loss_reads_a_per_example_loss():
+    callback = _stop_callback()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a finite vector is read, no warning
+        callback.on_train_batch_end(0, {"loss": np.array([0.5, 1.5], np.float32)})
+    with pytest.raises(resilience.NonFiniteLossError, match="became nan at epoch 1, batch 2 "
+                       r"\(optimizer step 4\)"):
+        callback.on_train_batch_end(1, {"loss": np.array([0.5, np.nan], np.float32)})
+
+
 # ------------------------------------------------------- SIGKILL of `samtone-tf train`
 TOTAL_STEPS = 3 * 10
 
