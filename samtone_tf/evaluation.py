@@ -44,6 +44,9 @@ def load_eval_data(data, fmt, split="test", *, dev_fraction=0.2, seed=0):
 
     if split not in SQUAD_SPLITS:
         raise ValueError(f"--split for --format squad must be one of {SQUAD_SPLITS}, got {split!r}.")
+    if os.path.isdir(data):
+        raise ValueError(f"--format squad expects a SQuAD v1.1 JSON file (such as "
+                         f"dev-v1.1.json), got the folder {data!r}.")
     source = data
     if split != "all":
         train, dev = reqa.split_by_article(data, dev_fraction, seed)

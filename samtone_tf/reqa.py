@@ -191,6 +191,9 @@ class ReQAData(tuple):
 def load_squad_json(path):
     """Reads a SQuAD JSON file; errors name the file."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a folder; SQuAD data is one JSON file (a SQuAD v1.1 "
+                         "file such as dev-v1.1.json).")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"SQuAD file {path!r} does not exist.")
     with open(path, "rb") as f:
@@ -270,9 +273,9 @@ def build_reqa(squad_json, *, deduplicate=True, strict=True, strict_text=None):
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: malformed JSON or structure, duplicate question ids, (with
-        ``strict``) an invalid answer, or (with ``strict_text``) an empty question; the
-        message names the file and location.
+      ValueError: the path is a folder, malformed JSON or structure, duplicate question
+        ids, (with ``strict``) an invalid answer, or (with ``strict_text``) an empty
+        question; the message names the file and location.
     """
     strict_text = _strict_text(strict_text)
     source, data = _source_and_json(squad_json)

@@ -212,6 +212,26 @@ def test_malformed_json_and_missing_file(tmp_path):
         build_reqa(tmp_path / "nope.json")
 
 
+def test_a_folder_is_named_as_a_folder_not_missing(tmp_path, capsys):
+    folder = tmp_path / "squad_dir"
+    folder.mkdir()
+    for load in (build_reqa, lambda path: split_by_article(path, 0.2, 0)):
+        with pytest.raises(ValueError, match=r"squad_dir' is a folder; SQuAD data is one JSON "
+                           r"file \(a SQuAD v1\.1 file"):
+            load(str(folder))
+    from samtone_tf import cli, evaluation
+
+    for split in ("all", "dev"):
+        with pytest.raises(ValueError, match=r"--format squad expects a SQuAD v1\.1 JSON file "
+                           r"\(such as dev-v1\.1\.json\), got the folder '.*squad_dir'"):
+            evaluation.load_eval_data(str(folder), "squad", split)
+    assert cli.main(["evaluate", "--model", "unused", "--data", str(folder),
+                     "--format", "squad"]) == 2
+    err = capsys.readouterr().err
+    assert "expects a SQuAD v1.1 JSON file" in err and "got the folder" in err
+    assert "does not exist" not in err
+
+
 # ------------------------------------------------------------------ split_by_article
 
 
