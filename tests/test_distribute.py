@@ -6,7 +6,6 @@ be configured before TensorFlow initialises, and one process should hold one str
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests import dist_worker
+from tests._multiworker import run_workers
 from tests.numpy_reference import reference_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,38 +64,10 @@ def test_mirrored_equals_one_device(tmp_path, single, replicas):
     _assert_same(_run(tmp_path, "mirrored", replicas), single, replicas)
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def test_multiworker_two_processes_equal_one_device(tmp_path, single):
-    ports = _free_ports(2)
-    workers = [f"127.0.0.1:{p}" for p in ports]
-    procs, outputs = [], []
-    for index in range(2):
-        env = os.environ.copy()
-        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers},
-                                       "task": {"type": "worker", "index": index}})
-        out = tmp_path / f"worker{index}.json"
-        outputs.append(out)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.dist_worker", "multiworker", "1", str(out)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-    try:
-        for p in procs:
-            _, err = p.communicate(timeout=300)
-            assert p.returncode == 0, err.decode()[-3000:]
-    finally:
-        for p in procs:
-            p.kill()
-    for out in outputs:  # every worker sees the whole global batch's losses and gradients
-        _assert_same(json.loads(out.read_text()), single, 2)
+    # every worker sees the whole global batch's losses and gradients
+    for result in run_workers(["tests.dist_worker", "multiworker", "1"], tmp_path):
+        _assert_same(result, single, 2)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 from samtone_tf import data as data_lib
 from samtone_tf.mining import HardNegativeMiner, HardNegativeMiningCallback
 from tests import mining_worker
+from tests._multiworker import run_workers
 from tests._requirements import require_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -206,28 +207,7 @@ def test_two_cpu_replicas_fit_and_follow_the_tables(sliced, tmp_path):
 def test_multiworker_refresh_mines_from_the_whole_corpus(sliced, tmp_path):
     # Two worker processes (MultiWorkerMirroredStrategy on 127.0.0.1): each encodes its share
     # of the texts and gathers the other's, so both mine the tables one device mines.
-    from tests.test_distribute import _free_ports
-
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs, outputs = [], []
-    for index in range(2):
-        env = os.environ.copy()
-        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers},
-                                       "task": {"type": "worker", "index": index}})
-        outputs.append(tmp_path / f"worker{index}.json")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.mining_worker", "multiworker", sliced[0],
-             str(outputs[-1])], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE))
-    try:
-        for p in procs:
-            _, err = p.communicate(timeout=300)
-            assert p.returncode == 0, err.decode()[-3000:]
-    finally:
-        for p in procs:
-            p.kill()
-    for out in outputs:
-        result = json.loads(out.read_text())
+    for result in run_workers(["tests.mining_worker", "multiworker", sliced[0]], tmp_path):
         assert result["replicas"] == 2
         assert result["document_table"] == result["reference_document_table"]
         assert result["query_table"] == result["reference_query_table"]
