@@ -287,7 +287,8 @@ def contrastive_loss(queries, documents, *, temperature, similarity="cosine", sa
         same_query = tf.equal(tf.gather(g_qid, rows)[:, None], g_qid[None, :])
     if g_did is not None:
         same_document = tf.equal(tf.gather(g_did, rows)[:, None], g_did[None, :])
-    unlinked = tf.logical_not(same_query | same_document | is_self)  # may be negatives of i
+    # an example always shares its own ids, so `unlinked` excludes the anchor itself too
+    unlinked = tf.logical_not(same_query | same_document)  # may give negatives of anchor i
     hd_keep = hq_keep = None
     if g_hdid is not None:  # drop the hard-negative documents that are positives of q_i
         hd_keep = tf.logical_not(_any_match(same_query, g_did, tf.reshape(g_hdid, [-1])))
