@@ -137,3 +137,18 @@ def test_bad_arguments_are_rejected(study_module, capsys):
         assert message in capsys.readouterr().err
     with pytest.raises(ValueError, match="architecture"):
         study_module.make_head_model(4, "ade-spl")
+
+
+def test_linked_pair_counts():
+    spec = importlib.util.spec_from_file_location(
+        "linked_pairs", os.path.join(os.path.dirname(SCRIPT), "linked_pairs.py"))
+    linked_pairs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(linked_pairs)
+    # pairs 0-1 share a query, 1-2 share a document (so 0-2 are not linked), 3 is alone
+    pairs = [("q0", "", "d0", ""), ("q0", "", "d1", ""), ("q1", "", "d1", ""), ("q2", "", "d2", "")]
+    with_partner, per_batch, share = linked_pairs.linked_counts(pairs, 2, 500)
+    assert with_partner == 3
+    assert per_batch == pytest.approx(2 * 2 / (4 * 3))  # 2 linked of the 6 unordered pairs
+    assert abs(share - 2 / 6) < 0.07  # a batch of 2 is one of the 6 pairs, drawn at random
+    _, _, everything = linked_pairs.linked_counts(pairs, 4, 3)  # the whole set: always linked
+    assert everything == 1.0
