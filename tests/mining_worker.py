@@ -157,9 +157,12 @@ def refresh_equals_one_device(directory, strategy):
     with strategy.scope():
         keras.utils.set_random_seed(0)
         model = DualEncoder(encoder(directory, seed=4), architecture="sde", projection_dim=16)
-        model({k: tf.zeros([1, 4], tf.int32) for k in (
+        features = {k: tf.ones([1, 4], tf.int32) for k in (
             "query_token_ids", "query_padding_mask", "document_token_ids",
-            "document_padding_mask")})
+            "document_padding_mask")}
+        # built in replica context, as fit builds it (a TF-Hub layer first called in
+        # cross-replica context cannot be called in replica context afterwards)
+        strategy.run(lambda: model(features))
         miners[0].refresh(model)
     # the reference: the same model encodes every text on one device
     from samtone_tf import retrieval

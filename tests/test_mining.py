@@ -207,6 +207,10 @@ def test_two_cpu_replicas_fit_and_follow_the_tables(sliced, tmp_path):
 def test_multiworker_refresh_mines_from_the_whole_corpus(sliced, tmp_path):
     # Two worker processes (MultiWorkerMirroredStrategy on 127.0.0.1): each encodes its share
     # of the texts and gathers the other's, so both mine the tables one device mines.
+    from samtone_tf._keras import IS_KERAS3
+
+    if not IS_KERAS3:  # the workers load one TF-Hub export; two exporting at once would race
+        mining_worker.encoder(sliced[0], seed=4)
     for result in run_workers(["tests.mining_worker", "multiworker", sliced[0]], tmp_path):
         assert result["replicas"] == 2
         assert result["document_table"] == result["reference_document_table"]
