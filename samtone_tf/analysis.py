@@ -485,7 +485,7 @@ def _encode(fn, texts, batch_size, progress, desc):
 
 def analyze(models, corpus, queries, qrels, output_dir, *, max_pairs=500, seed=0,
             batch_size=64, progress=True, similarity="cosine", query_max_length=None,
-            document_max_length=None, perplexity=30.0, extra_config=None):
+            document_max_length=None, perplexity=30.0, extra_config=None, precision=None):
     """Encodes sampled positive pairs with each model, writes figures and ``analysis.json``.
 
     Args:
@@ -504,6 +504,10 @@ def analyze(models, corpus, queries, qrels, output_dir, *, max_pairs=500, seed=0
       query_max_length, document_max_length: ``pretrained:`` models only (see
         ``text_encoders``).
       perplexity: t-SNE perplexity (see :func:`effective_perplexity`).
+      precision: what ``pretrained:`` models compute in (``"auto"``, ``"float32"``,
+        ``"bfloat16"``, ``"float16"``; ``None``: the Keras policy's); an exported model
+        computes in its own (:func:`samtone_tf.evaluation.model_precision`). Recorded per
+        model under ``config.precision``.
       extra_config: JSON-ready entries added to the top-level ``config`` (the command line
         records the data set there).
 
@@ -533,11 +537,13 @@ def analyze(models, corpus, queries, qrels, output_dir, *, max_pairs=500, seed=0
         if isinstance(spec, (tuple, list)):
             query_fn, doc_fn = spec
             spec_name = "<functions>"
+            model_precision = None  # the functions' own
         else:
             spec_name = os.fspath(spec)
+            model_precision = evaluation.model_precision(spec_name, precision)
             query_fn, doc_fn = evaluation.text_encoders(
                 spec_name, batch_size=batch_size, query_max_length=query_max_length,
-                document_max_length=document_max_length)
+                document_max_length=document_max_length, precision=model_precision)
         q = _encode(query_fn, query_texts, batch_size, progress, f"{label}: queries")
         d = _encode(doc_fn, doc_texts, batch_size, progress, f"{label}: documents")
         embeddings[label] = {"query": q, "document": d}
@@ -546,6 +552,7 @@ def analyze(models, corpus, queries, qrels, output_dir, *, max_pairs=500, seed=0
                 "model": spec_name,
                 "query_max_length": query_max_length,
                 "document_max_length": document_max_length,
+                "precision": model_precision,
                 "tsne_perplexity": effective_perplexity(2 * len(pairs), perplexity),
             },
             "report": embedding_report(q, d, similarity),

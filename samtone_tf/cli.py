@@ -50,18 +50,20 @@ def _evaluate(args):
     split = _split(args)
     corpus, queries, qrels = evaluation.load_eval_data(
         args.data, args.format, split, dev_fraction=args.dev_fraction, seed=args.seed)
+    precision = evaluation.model_precision(args.model, args.precision)
     query_fn, doc_fn = evaluation.text_encoders(
         args.model, batch_size=args.batch_size, query_max_length=args.query_max_length,
-        document_max_length=args.document_max_length)
+        document_max_length=args.document_max_length, precision=precision)
     started = time.time()
     metrics = evaluation.evaluate_retrieval(query_fn, doc_fn, corpus, queries, qrels,
                                             batch_size=args.batch_size,
                                             progress=not args.quiet)
     seconds = time.time() - started
-    print(f"{args.model} on {args.data} ({args.format}, split {split}), {seconds:.0f} s")
+    print(f"{args.model} on {args.data} ({args.format}, split {split}), {precision}, "
+          f"{seconds:.0f} s")
     print(evaluation.format_metrics(metrics))
     _write_json(args.output, dict(metrics, model=args.model, data=os.path.abspath(args.data),
-                                  format=args.format, split=split,
+                                  format=args.format, split=split, precision=precision,
                                   seconds=round(seconds, 1)))
     return 0
 
@@ -74,13 +76,16 @@ def _export(args):
         raise SystemExit("samtone-tf export: --model must be 'pretrained:<name>' (a trained "
                          "model is exported by `samtone-tf train` into <output_dir>/export).")
     from samtone_tf import pretrained
+    from samtone_tf.precision import precision_scope
 
-    query_tok, doc_tok, spec = pretrained.dual_encoder_components(
-        args.model[len("pretrained:"):], query_max_length=args.query_max_length,
-        document_max_length=args.document_max_length)
-    model = samtone_tf.DualEncoder(spec, architecture="sde", pooling="mean")
+    with precision_scope(args.precision) as precision:
+        query_tok, doc_tok, spec = pretrained.dual_encoder_components(
+            args.model[len("pretrained:"):], query_max_length=args.query_max_length,
+            document_max_length=args.document_max_length)
+        model = samtone_tf.DualEncoder(spec, architecture="sde", pooling="mean")
     path = export_dual_encoder(model, query_tok, doc_tok, args.output, overwrite=args.overwrite)
-    print(f"wrote {path} (signatures: query_encoder, document_encoder; input `text`)")
+    print(f"wrote {path} (signatures: query_encoder, document_encoder; input `text`; "
+          f"computes in {precision}, returns float32 embeddings)")
     if args.index_data:
         from samtone_tf import evaluation
 
@@ -120,7 +125,7 @@ def _analyze(args):
         models, corpus, queries, qrels, args.output_dir, max_pairs=args.max_pairs,
         seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
         similarity=args.similarity, query_max_length=args.query_max_length,
-        document_max_length=args.document_max_length,
+        document_max_length=args.document_max_length, precision=args.precision,
         extra_config={"data": os.path.abspath(args.data), "format": args.format,
                       "split": split})
     seconds = time.time() - started
@@ -165,12 +170,17 @@ def _bool(text):
 def _add_train_flags(parser):
     from samtone_tf.training import TrainConfig
 
+    from samtone_tf.data import PADDINGS
+    from samtone_tf.precision import PRECISIONS
+
     types = {bool: _bool, int: int, float: float, str: str}
+    choices = {"precision": PRECISIONS, "padding": PADDINGS}
     for field in dataclasses.fields(TrainConfig):
         kind = type(field.default) if field.default is not None else (
             int if "int" in str(field.type) else str)
         parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name,
                             type=types.get(kind, str), default=None,
+                            choices=choices.get(field.name),
                             help=f"(default {field.default!r})")
 
 
@@ -185,6 +195,16 @@ def _empty_text_policy(args):
     from samtone_tf.data import refuse_empty_text
 
     return refuse_empty_text()
+
+
+def _add_precision_flag(parser, what):
+    from samtone_tf.precision import PRECISIONS
+
+    parser.add_argument(
+        "--precision", default="auto", choices=PRECISIONS,
+        help=f"compute precision of {what} (default auto: bfloat16 on TPUs, GPUs of "
+             "compute capability >= 8.0 and CPUs with AMX-BF16 or AVX512-BF16; float32 "
+             "elsewhere); embeddings are float32 either way")
 
 
 def build_parser():
@@ -216,6 +236,8 @@ def build_parser():
     ev.add_argument("--output", default=None, help="write the metrics as JSON here")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.add_argument("--strict", action="store_true", help=_STRICT_HELP)
+    _add_precision_flag(ev, "a pretrained model (an exported model computes in the "
+                            "precision it was exported in)")
     ev.set_defaults(func=_evaluate)
 
     ex = sub.add_parser("export", help="SavedModel with raw-string query/document signatures")
@@ -232,6 +254,7 @@ def build_parser():
     ex.add_argument("--k", type=int, default=100)
     ex.add_argument("--batch-size", type=int, default=64)
     ex.add_argument("--strict", action="store_true", help=_STRICT_HELP)
+    _add_precision_flag(ex, "the exported SavedModel")
     ex.set_defaults(func=_export)
 
     an = sub.add_parser("analyze", help="embedding statistics and t-SNE / histogram figures "
@@ -260,6 +283,8 @@ def build_parser():
                          "analysis.json")
     an.add_argument("--quiet", action="store_true", help="no progress bars")
     an.add_argument("--strict", action="store_true", help=_STRICT_HELP)
+    _add_precision_flag(an, "pretrained models (an exported model computes in the "
+                            "precision it was exported in)")
     an.set_defaults(func=_analyze)
 
     tr = sub.add_parser("train", help="fine-tune, evaluate and export (config file + flags)")

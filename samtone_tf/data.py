@@ -362,6 +362,59 @@ def pair_features(query_tokenizer, document_tokenizer, query_texts, document_tex
     }
 
 
+PADDINGS = ("longest", "max_length")
+# Half-octave widths: a batch is padded at most ~1.5x past its longest text, and a length
+# of 128 gives at most 7 shapes per side (few retraces; few XLA compilations).
+DEFAULT_LENGTH_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def _check_length_buckets(length_buckets):
+    if length_buckets is None:
+        return DEFAULT_LENGTH_BUCKETS
+    buckets = tuple(length_buckets)
+    if not buckets or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1
+                          for b in buckets) or list(buckets) != sorted(set(buckets)):
+        raise ValueError("`length_buckets` must be increasing positive ints; got "
+                         f"{length_buckets!r}")
+    return tuple(int(b) for b in buckets)
+
+
+def trim_to_longest(features):
+    """Cuts every ``[B, L]`` entry of ``features`` (``token_ids``, ``padding_mask``) to the
+    longest text of the batch (keeping at least one position). The encoders mask padding,
+    so the embeddings stay the same up to float rounding."""
+    mask = features["padding_mask"]
+    length = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)), 1)
+    return {key: value[:, :length] for key, value in features.items()}
+
+
+def bucket_width(width, max_length, length_buckets=None):
+    """The padded width of a batch whose longest text has ``width`` tokens: the smallest
+    bucket >= ``width`` (at least 1), capped at ``max_length`` (a scalar tensor)."""
+    buckets = [b for b in _check_length_buckets(length_buckets) if b < max_length]
+    boundaries = tf.constant(buckets + [max_length], tf.int32)
+    width = tf.clip_by_value(tf.cast(width, tf.int32), 1, max_length)
+    index = tf.reduce_sum(tf.cast(boundaries < width, tf.int32))
+    return tf.gather(boundaries, index)
+
+
+def trim_to_bucket(features, prefix, length_buckets=None):
+    """Cuts ``<prefix>token_ids`` / ``<prefix>padding_mask`` (``[..., L]``) to the bucket of
+    their longest text (:func:`bucket_width`). The encoders mask padding, so this changes no
+    embedding beyond float rounding and saves the work on padding."""
+    ids_key, mask_key = prefix + "token_ids", prefix + "padding_mask"
+    mask = features[mask_key]
+    max_length = mask.shape[-1]
+    if max_length is None:
+        return features
+    width = tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), axis=-1))
+    width = bucket_width(width, max_length, length_buckets)
+    trimmed = dict(features)
+    for key in (ids_key, mask_key):
+        trimmed[key] = features[key][..., :width]
+    return trimmed
+
+
 def _epoch_ordered_batches(columns, num_pairs, batch_size, shuffle, seed):
     """Endless batches whose order is a function of ``(seed, epoch)`` alone.
 
@@ -398,6 +451,8 @@ def make_pair_dataset(
     repeat=False,
     hard_negatives=None,
     hard_negative_ids=None,
+    padding="longest",
+    length_buckets=None,
 ):
     """Batched, tokenised ``(features, labels)`` dataset of positive pairs.
 
@@ -421,10 +476,17 @@ def make_pair_dataset(
         is known by its text: one equal to a pair's document text has that document's id.
         A hard negative whose id is a positive of an anchor leaves that anchor's
         denominators (``SamToNeLoss(mask_duplicates=True)``).
+      padding: ``"longest"`` (default): each side of a batch is padded to its longest
+        text, rounded up to a length bucket (so only a few shapes are traced or compiled);
+        ``"max_length"``: every text padded to its tokenizer's length (static shapes).
+      length_buckets: increasing widths for ``"longest"`` (default
+        ``DEFAULT_LENGTH_BUCKETS``: 8, 16, 24, 32, 48, 64, 96, 128, ...); the tokenizer's
+        length is always the last bucket.
 
     Returns:
       ``tf.data.Dataset`` of ``(features, labels)``:
-        - ``query_token_ids``, ``query_padding_mask``: int32 ``[B, Lq]``;
+        - ``query_token_ids``, ``query_padding_mask``: int32 ``[B, Lq]`` (``Lq`` the
+          batch's bucket with ``padding="longest"``, the tokenizer's length otherwise);
         - ``document_token_ids``, ``document_padding_mask``: int32 ``[B, Ld]``;
         - with hard negatives, ``hard_negative_document_token_ids`` /
           ``hard_negative_document_padding_mask``: int32 ``[B, H, Ld]``;
@@ -446,6 +508,9 @@ def make_pair_dataset(
             f"batch_size={batch_size} exceeds the {len(pairs)} pairs; with drop_remainder the "
             "dataset would be empty."
         )
+    if padding not in PADDINGS:
+        raise ValueError(f"`padding` must be one of {PADDINGS}; got {padding!r}")
+    length_buckets = _check_length_buckets(length_buckets)
     query_tokenizer, doc_tokenizer = _split_tokenizers(tokenizer_or_tokenizers)
     if hard_negative_ids is not None and hard_negatives is None:
         raise ValueError("hard_negative_ids given without hard_negatives.")
@@ -509,6 +574,11 @@ def make_pair_dataset(
                 features["hard_negative_document_" + key] = tf.ensure_shape(
                     value, [batch_size, num_hard, h[key].shape[-1]]
                 )
+        if padding == "longest":
+            features = trim_to_bucket(features, "query_", length_buckets)
+            features = trim_to_bucket(features, "document_", length_buckets)
+            if "hard_negative_text" in batch:
+                features = trim_to_bucket(features, "hard_negative_document_", length_buckets)
         return features, batch["labels"]
 
     ds = ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

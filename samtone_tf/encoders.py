@@ -136,12 +136,19 @@ class KerasHubEncoder(keras.layers.Layer):
             raise RuntimeError(_KERAS2_KERASHUB_ERROR)
         import keras_hub
 
-        backbone = keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights)
+        # A preset's config names its dtype; the policy in force (precision_scope) wins.
+        backbone = keras_hub.models.Backbone.from_preset(
+            preset, load_weights=load_weights, dtype=keras.mixed_precision.global_policy().name)
         return cls(backbone, **kwargs)
 
     @property
     def hidden_dim(self):
         return self.backbone.hidden_dim
+
+    @property
+    def compute_precision(self):
+        """The dtype the backbone computes in (``"float32"``, ``"bfloat16"``, ``"float16"``)."""
+        return str(self.backbone.compute_dtype)
 
     def call(self, inputs, training=None):
         _check_encoder_inputs(inputs)
@@ -243,8 +250,17 @@ class TFHubEncoder(keras.layers.Layer):
             ]
             self._call_takes_training = _has_training_argument(self._restored)
             self.built = True
+            restored = self._restored
         else:
             self._hub_layer = hub.KerasLayer(handle, trainable=trainable)
+            restored = getattr(self._hub_layer, "_func", None)
+        self._compute_precision = saved_model_precision(restored)
+
+    @property
+    def compute_precision(self):
+        """The dtype the SavedModel computes in (recorded by ``export_tfhub_layout``;
+        ``"float32"`` for SavedModels that do not record it)."""
+        return self._compute_precision
 
     def call(self, inputs, training=None):
         _check_encoder_inputs(inputs)
@@ -266,7 +282,30 @@ class TFHubEncoder(keras.layers.Layer):
         return config
 
 
-def export_tfhub_layout(backbone, output_dir, vocabulary_file=None):
+def saved_model_precision(restored):
+    """The compute precision a restored TF-Hub-layout SavedModel records (else float32)."""
+    variable = getattr(restored, "compute_precision", None)
+    if variable is None:
+        return "float32"
+    value = variable.numpy() if hasattr(variable, "numpy") else variable
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _backbone_in_precision(backbone, precision):
+    """``backbone``, or a copy of it (same weights) computing in ``precision``."""
+    from samtone_tf.precision import check_precision, policy_name
+
+    check_precision(precision, allow_auto=False)
+    if str(backbone.compute_dtype) == precision:
+        return backbone
+    config = dict(backbone.get_config())
+    config["dtype"] = policy_name(precision)
+    clone = backbone.__class__.from_config(config)
+    clone.set_weights(backbone.get_weights())
+    return clone
+
+
+def export_tfhub_layout(backbone, output_dir, vocabulary_file=None, precision=None):
     """Writes a keras-hub backbone as a SavedModel in TF-Hub BERT encoder layout.
 
     The SavedModel has
@@ -285,6 +324,10 @@ def export_tfhub_layout(backbone, output_dir, vocabulary_file=None):
         output_dir: where to write the SavedModel.
         vocabulary_file: optional path of the tokenizer vocabulary, saved as the asset
             ``vocab_file`` beside the encoder (tokenisation itself is done in ``data``).
+        precision: ``"float32"``, ``"bfloat16"`` or ``"float16"``: the dtype the SavedModel
+            computes in (its variables stay float32 and its outputs float32); ``None``: the
+            backbone's own. Recorded as the string variable ``compute_precision``
+            (:func:`saved_model_precision`, ``TFHubEncoder.compute_precision``).
 
     Returns:
         ``output_dir``.
@@ -302,6 +345,9 @@ def export_tfhub_layout(backbone, output_dir, vocabulary_file=None):
             "`backbone` must take 'token_ids' and 'padding_mask' inputs; it takes "
             f"{sorted(input_names)}"
         )
+    if precision is not None:
+        backbone = _backbone_in_precision(backbone, precision)
+    precision = str(backbone.compute_dtype)
 
     def encode(inputs, training=False):
         features = {
@@ -326,6 +372,7 @@ def export_tfhub_layout(backbone, output_dir, vocabulary_file=None):
     module.variables = [getattr(v, "value", v) for v in backbone.variables]
     module.trainable_variables = [getattr(v, "value", v) for v in backbone.trainable_variables]
     module.regularization_losses = []
+    module.compute_precision = tf.Variable(precision, trainable=False, name="compute_precision")
     call = tf.function(encode)
     spec = {k: tf.TensorSpec([None, None], tf.int32, name=k) for k in TFHUB_INPUT_KEYS}
     for training in (True, False):

@@ -95,10 +95,41 @@ def evaluate_retrieval(query_fn, document_fn, corpus, queries, qrels, *, batch_s
     return metrics
 
 
-def text_encoders(model, *, batch_size=64, query_max_length=None, document_max_length=None):
+def model_precision(model, precision="auto"):
+    """The precision ``text_encoders(model, precision=precision)`` computes in.
+
+    ``"pretrained:<name>"``: ``precision`` resolved for this hardware. An exported SavedModel
+    computes in the precision it was exported in (its ``samtone_tf_export.json``; float32
+    for exports that do not record it): ``"auto"`` or ``None`` accept it, another value must
+    equal it (a ValueError says how to export in that precision).
+    """
+    from samtone_tf.precision import check_precision, resolve_precision
+
+    if precision is not None:
+        check_precision(precision)
+    if isinstance(model, str) and model.startswith("pretrained:"):
+        from samtone_tf.precision import current_precision
+
+        return current_precision() if precision is None else resolve_precision(precision)
+    from samtone_tf.export import read_export_metadata
+
+    exported = read_export_metadata(model).get("precision", "float32")
+    if precision not in (None, "auto") and precision != exported:
+        raise ValueError(
+            f"{model!r} was exported in {exported} and computes in it; --precision "
+            f"{precision} cannot change that. Use --precision auto (or {exported}), or "
+            f"export the model again under --precision {precision}.")
+    return exported
+
+
+def text_encoders(model, *, batch_size=64, query_max_length=None, document_max_length=None,
+                  precision=None):
     """``(query_fn, document_fn)`` for ``model``: ``"pretrained:<name>"`` or an exported
     SavedModel folder (from ``samtone-tf export`` / :func:`samtone_tf.export.export_dual_encoder`).
 
+    ``precision`` (``"auto"``, ``"float32"``, ``"bfloat16"``, ``"float16"``; ``None``: the
+    Keras global policy's) is what a pretrained model computes in; an exported SavedModel
+    computes in its own (see :func:`model_precision`). The embeddings are float32.
     The returned functions keep the loaded SavedModel alive.
     """
     if isinstance(model, str) and model.startswith("pretrained:"):
@@ -106,19 +137,22 @@ def text_encoders(model, *, batch_size=64, query_max_length=None, document_max_l
 
         name = model[len("pretrained:"):]
         pretrained.load_pretrained(name)  # fail early (unknown name, missing package)
+        precision = model_precision(model, precision)
 
         def query_fn(texts):
             return pretrained.encode_texts(texts, batch_size=batch_size, name=name,
-                                           max_length=query_max_length)
+                                           max_length=query_max_length, precision=precision)
 
         def document_fn(texts):
             return pretrained.encode_texts(texts, batch_size=batch_size, name=name,
-                                           max_length=document_max_length)
+                                           max_length=document_max_length,
+                                           precision=precision)
 
         return query_fn, document_fn
     if not os.path.isfile(os.path.join(os.fspath(model), "saved_model.pb")):
         raise ValueError(f"--model {model!r} is neither 'pretrained:<name>' nor a SavedModel "
                          "folder written by `samtone-tf export`.")
+    model_precision(model, precision)
     if query_max_length or document_max_length:
         raise ValueError("max lengths are fixed inside an exported SavedModel's tokenizers.")
     import tensorflow as tf
@@ -149,12 +183,9 @@ def trim_padding(features):
     embeddings unchanged (up to float rounding) and saves their compute: short texts encode
     in proportion to their real length. Keeps at least one position.
     """
-    import tensorflow as tf
+    from samtone_tf.data import trim_to_longest
 
-    mask = features["padding_mask"]
-    length = tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), axis=1))
-    length = tf.maximum(length, 1)
-    return {key: value[:, :length] for key, value in features.items()}
+    return trim_to_longest(features)
 
 
 def encoder_tf_functions(model, query_tokenizer, document_tokenizer, trim=True):

@@ -49,6 +49,7 @@ __all__ = [
     "export_dual_encoder",
     "export_index",
     "load_exported",
+    "read_export_metadata",
     "tfrs_usable",
     "EXPORT_METADATA_FILE",
     "QUERY_SIGNATURE",
@@ -176,14 +177,18 @@ class _EncoderModule(tf.Module):
         self.document_tokenizer = document_tokenizer
         # The model is reached only through the closures below, never as an attribute:
         # tracking it would make tf.saved_model.save serialise Keras objects.
+        from samtone_tf.data import trim_to_longest
+
+        # Each batch is cut to its longest text: the towers mask padding, so this changes
+        # the embeddings only by float rounding and saves the work on padding.
         @tf.function(input_signature=[_TEXT_SPEC])
         def query_encoder(text):
-            features = query_tokenizer(text)
+            features = trim_to_longest(query_tokenizer(text))
             return tf.cast(model.encode_queries(features, training=False), tf.float32)
 
         @tf.function(input_signature=[_TEXT_SPEC])
         def document_encoder(text):
-            features = document_tokenizer(text)
+            features = trim_to_longest(document_tokenizer(text))
             return tf.cast(model.encode_documents(features, training=False), tf.float32)
 
         self.query_encoder = query_encoder
@@ -216,6 +221,24 @@ def _check_tokenizer(tokenizer, what):
             f"`{what}` must be a tf.Module tokenizer (e.g. samtone_tf.BertTextTokenizer) so its "
             f"vocabulary is saved with the model; got {type(tokenizer).__name__}"
         )
+
+
+def _model_precision(model):
+    """What the towers compute in (``DualEncoder.compute_precision``; else the policy's)."""
+    from samtone_tf.precision import current_precision
+
+    if not hasattr(model, "encode_queries"):  # a loaded export: it does not say
+        return None
+    return getattr(model, "compute_precision", None) or current_precision()
+
+
+def read_export_metadata(path):
+    """The ``assets.extra/samtone_tf_export.json`` of an export (``{}`` where it is absent)."""
+    meta_path = os.path.join(os.fspath(path), EXPORT_METADATA_FILE)
+    if not os.path.isfile(meta_path):
+        return {}
+    with open(meta_path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _keras_version():
@@ -288,6 +311,7 @@ def export_dual_encoder(model, query_tokenizer, document_tokenizer=None, output_
         "query_max_length": getattr(query_tokenizer, "max_length", None),
         "document_max_length": getattr(document_tokenizer, "max_length", None),
         "architecture": getattr(model, "architecture", None),
+        "precision": _model_precision(model),
         "keras_version": _keras_version(),
         "tensorflow_version": tf.__version__,
     }
@@ -495,6 +519,9 @@ def export_index(export_dir_or_model, corpus_ids, corpus_texts, output_dir, k=10
         "num_documents": len(corpus_texts),
         "embedding_dim": int(embeddings.shape[1]),
         "normalize": bool(normalize),
+        "precision": (read_export_metadata(export_dir_or_model).get("precision", "float32")
+                      if isinstance(export_dir_or_model, (str, os.PathLike))
+                      else _model_precision(export_dir_or_model)),
         "keras_version": _keras_version(),
         "tensorflow_version": tf.__version__,
     }

@@ -370,7 +370,8 @@ class HardNegativeMiner:
                 "docs_per_second": len(self.doc_ids) / max(encode_seconds, 1e-9)}
 
     # ------------------------------------------------------------------ data
-    def dataset(self, batch_size, seed=0, *, shuffle=True, prefetch=True):
+    def dataset(self, batch_size, seed=0, *, shuffle=True, prefetch=True, padding="longest",
+                length_buckets=None):
         """Endless ``(features, labels)`` batches reading the *current* tables.
 
         Features and labels are those of ``make_pair_dataset(pairs, tokenizers, batch_size,
@@ -387,8 +388,13 @@ class HardNegativeMiner:
         itself only excludes the positives of the query it mines for). ``prefetch=False``
         produces each batch only when it is
         asked for (no read-ahead), so every batch after a refresh has the new negatives.
-        Pass ``steps_per_epoch`` to ``fit`` (the dataset is infinite).
+        Pass ``steps_per_epoch`` to ``fit`` (the dataset is infinite). ``padding`` and
+        ``length_buckets`` are those of ``make_pair_dataset`` (each group of texts padded
+        to its bucket by default).
         """
+        if padding not in data_lib.PADDINGS:
+            raise ValueError(f"`padding` must be one of {data_lib.PADDINGS}; got {padding!r}")
+        length_buckets = data_lib._check_length_buckets(length_buckets)
         if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
                 or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
@@ -436,6 +442,11 @@ class HardNegativeMiner:
                 grouped(query_tokenizer, tf.gather(query_texts, rows), hq,
                         "hard_negative_query_", features)
                 labels.append(tf.gather(query_labels, rows))
+            if padding == "longest":
+                for prefix in ("query_", "document_", "hard_negative_document_",
+                               "hard_negative_query_"):
+                    if prefix + "token_ids" in features:
+                        features = data_lib.trim_to_bucket(features, prefix, length_buckets)
             return features, tf.ensure_shape(tf.concat(labels, axis=1),
                                               [batch_size, 2 + hd + hq])
 

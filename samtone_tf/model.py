@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from samtone_tf._keras import IS_KERAS3, keras, register_serializable
 from samtone_tf.encoders import make_encoder
+from samtone_tf.precision import precision_of_layer, precision_scope
 
 ARCHITECTURES = ("sde", "ade", "ade-spl")
 POOLINGS = ("mean", "cls")
@@ -108,6 +109,12 @@ class DualEncoder(keras.Model):
         learnable_temperature: learn the softmax temperature as described above.
         initial_temperature: initial temperature tau (> 0) for ``learnable_temperature``.
         max_logit_scale: upper bound of the learnt scale 1/tau.
+        precision: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"``: build the
+            projections and any encoder given as a string spec under that precision (see
+            ``samtone_tf.precision``); ``None`` (default): the Keras global policy in force.
+            Encoders passed as objects keep the precision they were built in; a TF-Hub
+            SavedModel computes in the precision it was exported in. Embeddings, losses and
+            softmaxes are float32 in every case.
         **kwargs: forwarded to ``keras.Model`` (``name``, ``dtype``, ...).
 
     Example:
@@ -137,6 +144,28 @@ class DualEncoder(keras.Model):
         learnable_temperature=False,
         initial_temperature=0.05,
         max_logit_scale=100.0,
+        precision=None,
+        **kwargs,
+    ):
+        # Layers take the dtype policy in force when they are made: build everything of
+        # this model (string-spec encoders included) under the requested precision.
+        with precision_scope(precision):
+            self._initialize(
+                query_encoder, document_encoder, architecture, projection_dim, pooling,
+                normalize, learnable_temperature, initial_temperature, max_logit_scale,
+                **kwargs)
+
+    def _initialize(
+        self,
+        query_encoder,
+        document_encoder,
+        architecture,
+        projection_dim,
+        pooling,
+        normalize,
+        learnable_temperature,
+        initial_temperature,
+        max_logit_scale,
         **kwargs,
     ):
         if architecture not in ARCHITECTURES:
@@ -268,6 +297,9 @@ class DualEncoder(keras.Model):
         sequence = encoder(
             {"token_ids": token_ids, "padding_mask": padding_mask}, training=training
         )
+        # Pool in float32: a bfloat16 sum over hundreds of positions would lose the
+        # embedding's low bits (a no-op for a float32 encoder).
+        sequence = tf.cast(sequence, tf.float32)
         if self.pooling == "mean":
             pooled = mean_pool(sequence, padding_mask)
         else:
@@ -320,6 +352,17 @@ class DualEncoder(keras.Model):
             features["padding_mask"],
             training=training,
         )
+
+    @property
+    def compute_precision(self):
+        """The precision the towers compute in: ``"float32"``, ``"bfloat16"`` or
+        ``"float16"`` (the query encoder's; a mix of precisions is reported as such)."""
+        found = []
+        for encoder in (self.query_encoder, self.document_encoder):
+            value = getattr(encoder, "compute_precision", None) or precision_of_layer(encoder)
+            if value not in found:
+                found.append(value)
+        return found[0] if len(found) == 1 else "+".join(found)
 
     def temperature_scale(self):
         """The clipped scale 1/tau (a scalar tensor), or None without a learnable temperature."""

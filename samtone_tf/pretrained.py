@@ -331,6 +331,37 @@ def _write_cache(name, target):
     return metadata
 
 
+def _write_encoder_variant(model, precision, path):
+    """Exports the cached preset as a TF-Hub-layout SavedModel computing in ``precision``
+    into ``path`` (atomically: a temporary sibling renamed into place)."""
+    parent = os.path.dirname(path)
+    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    target = os.path.join(scratch, "encoder")
+    try:
+        if _keras_hub_importable():
+            _export_variant(model.cache_dir, precision, target)
+        else:
+            _run_in_keras3_subprocess("_export_variant", model.cache_dir, precision, target)
+        try:
+            os.rename(target, path)
+        except OSError:  # another process finished first
+            if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _export_variant(cache_dir, precision, target):
+    from samtone_tf.encoders import export_tfhub_layout
+
+    exact_gelu_backbone_class()
+    import keras_hub
+
+    backbone = keras_hub.models.Backbone.from_preset(os.path.join(cache_dir, "kerashub"))
+    export_tfhub_layout(backbone, target, vocabulary_file=os.path.join(cache_dir, "vocab.txt"),
+                        precision=precision)
+
+
 def _keras_hub_importable():
     try:
         import keras_hub  # noqa: F401
@@ -341,6 +372,13 @@ def _keras_hub_importable():
 
 def _convert_in_subprocess(name, target):
     """Runs the conversion in a fresh Python without ``TF_USE_LEGACY_KERAS`` (Keras 3)."""
+    _run_in_keras3_subprocess("_write_cache", name, target)
+    global _conversions
+    _conversions += 1
+
+
+def _run_in_keras3_subprocess(function, *args):
+    """Runs ``pretrained.<function>(*args)`` (string args) in a fresh Keras 3 Python."""
     env = dict(os.environ)
     env.pop("TF_USE_LEGACY_KERAS", None)
     # Make this very samtone_tf importable in the child (e.g. a source checkout).
@@ -350,10 +388,10 @@ def _convert_in_subprocess(name, target):
     )
     code = (
         "import sys; from samtone_tf import pretrained; "
-        "pretrained._write_cache(sys.argv[1], sys.argv[2])"
+        f"pretrained.{function}(*sys.argv[1:])"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code, name, target],
+        [sys.executable, "-c", code, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -361,11 +399,9 @@ def _convert_in_subprocess(name, target):
     )
     if result.returncode != 0:
         raise RuntimeError(
-            f"Converting {name!r} in a Keras 3 subprocess failed "
+            f"pretrained.{function}{args!r} in a Keras 3 subprocess failed "
             f"(exit {result.returncode}):\n{result.stderr[-4000:]}"
         )
-    global _conversions
-    _conversions += 1
 
 
 def _read_marker(directory):
@@ -485,7 +521,22 @@ class PretrainedEncoder:
             )
         return BertTextTokenizer(self.vocab_file, max_length=max_length, lower_case=self.lower_case)
 
-    def encoder_spec(self, backend=None):
+    def encoder_path_for(self, precision=None):
+        """The TF-Hub-layout SavedModel computing in ``precision`` (``None``: the Keras
+        global policy's). float32 is ``encoder_path``; another precision is written once
+        beside it (``encoder-bfloat16``, ``encoder-float16``) from the keras-hub preset."""
+        from samtone_tf.precision import check_precision, current_precision
+
+        precision = current_precision() if precision is None else precision
+        check_precision(precision, allow_auto=False)
+        if precision == "float32":
+            return self.encoder_path
+        path = os.path.join(self.cache_dir, "encoder-" + precision)
+        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            _write_encoder_variant(self, precision, path)
+        return path
+
+    def encoder_spec(self, backend=None, precision=None):
         """An encoder spec string for ``make_encoder`` / ``DualEncoder``.
 
         Args:
@@ -493,12 +544,15 @@ class PretrainedEncoder:
                 ``KerasHubEncoder``), ``"tfhub"`` (the TF-Hub-layout SavedModel path, a
                 ``TFHubEncoder``, either generation) or ``None``: ``"kerashub"`` under
                 Keras 3, ``"tfhub"`` under Keras 2.
+            precision: for ``"tfhub"``, the SavedModel's compute precision (see
+                ``encoder_path_for``); ``None``: the Keras global policy's. A
+                ``"kerashub"`` encoder takes the policy in force when it is built.
         """
         backend = _resolve_backend(backend)
         if backend == "kerashub":
             exact_gelu_backbone_class()  # the preset's class must be registered
             return "kerashub:" + self.kerashub_preset
-        return self.encoder_path
+        return self.encoder_path_for(precision)
 
     def encoder(self, backend=None, **kwargs):
         """The encoder layer (``make_encoder(self.encoder_spec(backend), **kwargs)``)."""
@@ -608,14 +662,14 @@ def pretrained_encoder(spec, backend=None, cache_dir=None, **kwargs):
 _ENCODE_FNS = {}
 
 
-def _encode_fn(model, max_length):
-    key = (model.cache_dir, max_length)
+def _encode_fn(model, max_length, precision):
+    key = (model.cache_dir, max_length, precision)
     if key not in _ENCODE_FNS:
         import tensorflow_hub as hub
 
         from samtone_tf.model import mean_pool
 
-        restored = hub.load(model.encoder_path)
+        restored = hub.load(model.encoder_path_for(precision))
         tokenizer = model.tokenizer(max_length)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
@@ -631,7 +685,7 @@ def _encode_fn(model, max_length):
                 {"input_word_ids": ids, "input_mask": mask, "input_type_ids": tf.zeros_like(ids)},
                 training=False,
             )
-            pooled = mean_pool(out["sequence_output"], mask)
+            pooled = mean_pool(tf.cast(out["sequence_output"], tf.float32), mask)
             return tf.math.l2_normalize(pooled, axis=-1, epsilon=1e-12)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
@@ -656,7 +710,8 @@ def _as_text_list(texts):
     return out
 
 
-def encode_texts(texts, batch_size=64, name="minilm-l6", max_length=None, cache_dir=None):
+def encode_texts(texts, batch_size=64, name="minilm-l6", max_length=None, cache_dir=None,
+                 precision=None):
     """Embeds texts like sentence-transformers' ``model.encode`` for the checkpoint.
 
     Mean pooling over real tokens, L2-normalised, truncation at the model's length (256).
@@ -668,6 +723,8 @@ def encode_texts(texts, batch_size=64, name="minilm-l6", max_length=None, cache_
         name: the pretrained model.
         max_length: truncation length; ``None``: the model's.
         cache_dir: see ``load_pretrained``.
+        precision: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"``: what the
+            encoder computes in; ``None``: the Keras global policy's. Embeddings are float32.
 
     Returns:
         float32 numpy array ``[len(texts), hidden_dim]`` of unit vectors.
@@ -680,7 +737,10 @@ def encode_texts(texts, batch_size=64, name="minilm-l6", max_length=None, cache_
     texts = _as_text_list(texts)
     if not texts:
         return np.zeros((0, model.hidden_dim), np.float32)
-    encode, lengths = _encode_fn(model, max_length or model.max_length)
+    from samtone_tf.precision import current_precision, resolve_precision
+
+    precision = current_precision() if precision is None else resolve_precision(precision)
+    encode, lengths = _encode_fn(model, max_length or model.max_length, precision)
     token_lengths = np.concatenate(
         [lengths(tf.constant(texts[i:i + 1024])).numpy() for i in range(0, len(texts), 1024)]
     )

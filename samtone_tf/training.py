@@ -37,6 +37,8 @@ class TrainConfig:
     query_max_length: int = 32
     document_max_length: int = 128
     learnable_temperature: bool = False
+    precision: str = "auto"              # auto | float32 | bfloat16 | float16 (see precision.py)
+    padding: str = "longest"             # longest (per batch, length buckets) | max_length
     # loss
     temperature: float = 0.05
     similarity: str = "cosine"
@@ -90,6 +92,12 @@ class TrainConfig:
             raise ValueError("`data` is required (a BEIR folder or a SQuAD JSON file).")
         if self.format not in ("beir", "squad"):
             raise ValueError(f"`format` must be 'beir' or 'squad', got {self.format!r}.")
+        from samtone_tf.data import PADDINGS
+        from samtone_tf.precision import check_precision
+
+        check_precision(self.precision)
+        if self.padding not in PADDINGS:
+            raise ValueError(f"`padding` must be one of {PADDINGS}, got {self.padding!r}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}.")
         for name in ("batch_size", "epochs", "query_max_length", "document_max_length",
@@ -224,9 +232,13 @@ def train(config, *, strategy=None, verbose=1):
     from samtone_tf._keras import keras
 
     os.makedirs(config.output_dir, exist_ok=True)
+    from samtone_tf.precision import precision_scope, resolve_precision
+
     keras.utils.set_random_seed(config.seed)
     pairs, eval_data = _load_training_data(config)
-    query_tok, doc_tok, encoder_spec = _tokenizers(config)
+    precision = resolve_precision(config.precision)  # after the strategy: a TPU counts
+    with precision_scope(precision):
+        query_tok, doc_tok, encoder_spec = _tokenizers(config)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"`batch_size` {config.batch_size} is not divisible by the "
@@ -235,7 +247,8 @@ def train(config, *, strategy=None, verbose=1):
     def make_dataset():
         # A fresh dataset replays the same batches (see resilience.fit_resumable).
         return data_lib.make_pair_dataset(pairs, (query_tok, doc_tok), config.batch_size,
-                                          shuffle=True, seed=config.seed, repeat=True)
+                                          shuffle=True, seed=config.seed, repeat=True,
+                                          padding=config.padding)
 
     dataset = make_dataset()
     steps_per_epoch = config.steps_per_epoch or len(pairs) // config.batch_size
@@ -245,7 +258,7 @@ def train(config, *, strategy=None, verbose=1):
         model = samtone_tf.DualEncoder(
             encoder_spec, architecture=config.architecture, projection_dim=config.projection_dim,
             pooling=config.pooling, learnable_temperature=config.learnable_temperature,
-            initial_temperature=config.temperature)
+            initial_temperature=config.temperature, precision=precision)
         loss_kwargs = {k: getattr(config, k) for k in LOSS_KEYS}
         if config.learnable_temperature:
             loss_kwargs.update(similarity="dot", temperature=1.0)
@@ -264,7 +277,7 @@ def train(config, *, strategy=None, verbose=1):
 
     summary = {"config": dataclasses.asdict(config), "train_pairs": len(pairs),
                "replicas": replicas, "steps": total_steps,
-               "keras": samtone_tf.KERAS_VERSION}
+               "keras": samtone_tf.KERAS_VERSION, "precision": model.compute_precision}
     def run_evaluation(key):
         corpus, queries, qrels = eval_data
         query_fn, doc_fn = evaluation.dual_encoder_fns(model, query_tok, doc_tok)
