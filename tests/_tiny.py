@@ -32,13 +32,15 @@ def tiny_backbone(seed=0, dropout=0.0):
     )
 
 
-def tiny_tfhub_encoder_path(directory, seed=0):
-    """Exports a tiny backbone in TF-Hub layout under ``directory`` (once) and returns it."""
+def tiny_tfhub_encoder_path(directory, seed=0, precision="float32"):
+    """Exports a tiny backbone in TF-Hub layout under ``directory`` (once) and returns it;
+    the SavedModel computes in ``precision``."""
     from samtone_tf.encoders import export_tfhub_layout
 
-    path = os.path.join(os.fspath(directory), f"tiny_bert_tfhub_{seed}")
+    suffix = "" if precision == "float32" else "_" + precision
+    path = os.path.join(os.fspath(directory), f"tiny_bert_tfhub_{seed}{suffix}")
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
-        export_tfhub_layout(tiny_backbone(seed), path)
+        export_tfhub_layout(tiny_backbone(seed), path, precision=precision)
     return path
 
 

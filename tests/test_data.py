@@ -217,7 +217,8 @@ def test_dense_id_maps_first_appearance():
 
 def test_pair_dataset_shapes_dtypes_and_labels(tokenizers):
     qtok, dtok = tokenizers
-    ds = make_pair_dataset(PAIRS, (qtok, dtok), batch_size=5, shuffle=False)
+    ds = make_pair_dataset(PAIRS, (qtok, dtok), batch_size=5, shuffle=False,
+                           padding="max_length")
     features, labels = ds.element_spec
     assert features["query_token_ids"].shape.as_list() == [5, 6]  # static batch
     assert features["document_padding_mask"].shape.as_list() == [5, 9]
@@ -239,8 +240,8 @@ def test_pair_dataset_empty_texts_are_cls_sep(tokenizers):
     empty input: [CLS] [SEP] then padding, like a BERT tokenizer's encoding of ""."""
     qtok, dtok = tokenizers
     pairs = PAIRS[:1] + [("q9", "", "d9", ""), ("q8", " \t", "d8", "fish")]
-    feats, _ = next(make_pair_dataset(pairs, (qtok, dtok), batch_size=3, shuffle=False)
-                    .as_numpy_iterator())
+    feats, _ = next(make_pair_dataset(pairs, (qtok, dtok), batch_size=3, shuffle=False,
+                                      padding="max_length").as_numpy_iterator())
     for side, tok in (("query", qtok), ("document", dtok)):
         ids, mask = feats[f"{side}_token_ids"][1], feats[f"{side}_padding_mask"][1]
         np.testing.assert_array_equal(ids, [tok.cls_id, tok.sep_id] + [tok.pad_id] * (tok.max_length - 2))
@@ -250,14 +251,15 @@ def test_pair_dataset_empty_texts_are_cls_sep(tokenizers):
 
 def test_pair_dataset_drop_remainder_shuffle_repeat(tokenizers):
     qtok, _ = tokenizers
-    ds = make_pair_dataset(PAIRS, qtok, batch_size=2, shuffle=True, seed=3)
+    ds = make_pair_dataset(PAIRS, qtok, batch_size=2, shuffle=True, seed=3,
+                           padding="max_length")
     batches = list(ds.as_numpy_iterator())
     assert len(batches) == 2  # 5 pairs -> 2 full batches, remainder dropped
     assert ds.element_spec[0]["document_token_ids"].shape.as_list() == [2, 6]  # single tokenizer
     order = [tuple(row) for b in batches for row in b[1]]
     again = [tuple(row) for b in make_pair_dataset(PAIRS, qtok, 2, seed=3).as_numpy_iterator() for row in b[1]]
     assert order == again  # same seed, same order
-    rep = make_pair_dataset(PAIRS, qtok, 2, seed=3, repeat=True)
+    rep = make_pair_dataset(PAIRS, qtok, 2, seed=3, repeat=True, padding="max_length")
     assert rep.cardinality().numpy() == tf.data.INFINITE_CARDINALITY
     first_epochs = [tuple(map(tuple, b[1])) for b in rep.take(6).as_numpy_iterator()]
     # Each epoch is 2 batches of 4 distinct pairs (no batch straddles epochs).
@@ -275,7 +277,7 @@ def test_pair_dataset_drop_remainder_shuffle_repeat(tokenizers):
     assert unshuffled[:2] == unshuffled[2:] == [((0, 0), (1, 1)), ((0, 2), (2, 0))]
     # The texts travel with their labels.
     features, batch_labels = next(iter(rep))
-    single = make_pair_dataset(PAIRS, qtok, 1, shuffle=False)
+    single = make_pair_dataset(PAIRS, qtok, 1, shuffle=False, padding="max_length")
     by_label = {tuple(l[0]): f["query_token_ids"][0] for f, l in single.as_numpy_iterator()}
     for row, ids in zip(batch_labels.numpy(), features["query_token_ids"].numpy()):
         np.testing.assert_array_equal(ids, by_label[tuple(row)])
@@ -284,7 +286,8 @@ def test_pair_dataset_drop_remainder_shuffle_repeat(tokenizers):
 def test_pair_dataset_hard_negatives(tokenizers):
     qtok, dtok = tokenizers
     hard = [["fish swim", "dogs bark loudly"]] * 4 + [["cats purr", "fish swim"]]
-    ds = make_pair_dataset(PAIRS, (qtok, dtok), 5, shuffle=False, hard_negatives=hard)
+    ds = make_pair_dataset(PAIRS, (qtok, dtok), 5, shuffle=False, hard_negatives=hard,
+                           padding="max_length")
     spec = ds.element_spec[0]
     assert spec["hard_negative_document_token_ids"].shape.as_list() == [5, 2, 9]
     feats, _ = next(iter(ds))
