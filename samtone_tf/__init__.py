@@ -11,6 +11,7 @@ from samtone_tf._keras import IS_KERAS3, KERAS_VERSION
 from samtone_tf.distribute import gather_global_batch
 from samtone_tf.losses import SamToNeLoss, contrastive_loss
 from samtone_tf.model import DualEncoder, mean_pool
+from samtone_tf.precision import precision_scope, resolve_precision
 from samtone_tf.encoders import KerasHubEncoder, TFHubEncoder, export_tfhub_layout, make_encoder
 from samtone_tf.tokenization import BertTextTokenizer
 from samtone_tf.strategy import get_strategy
