@@ -193,6 +193,12 @@ _EXACT_GELU_CLASS = None
 def _exact_gelu(x):
     import keras as keras3
 
+    dtype = keras3.backend.standardize_dtype(x.dtype)
+    if dtype in ("bfloat16", "float16"):
+        # erf has no fast half-precision kernel on CPUs: in bfloat16 it took 2.3x the time
+        # of float32 here (MiniLM, [64 x 256, 1536]), so compute it in float32.
+        x32 = keras3.ops.cast(x, "float32")
+        return keras3.ops.cast(keras3.activations.gelu(x32, approximate=False), dtype)
     return keras3.activations.gelu(x, approximate=False)
 
 
