@@ -14,6 +14,7 @@ def _info(args):
 
     import samtone_tf
     from samtone_tf import strategy as strategy_lib
+    from samtone_tf.precision import CPU_BF16_FLAGS, cpu_flags, resolve_precision
 
     info = {
         "samtone_tf": samtone_tf.__version__,
@@ -22,6 +23,8 @@ def _info(args):
         "keras_generation": 3 if samtone_tf.IS_KERAS3 else 2,
         "devices": [d.name for d in tf.config.list_logical_devices()],
         "tf_config_workers": strategy_lib.num_workers_in_tf_config(),
+        "precision_auto": resolve_precision("auto"),
+        "cpu_bf16_flags": sorted(cpu_flags() & set(CPU_BF16_FLAGS)),
     }
     if args.json:
         print(json.dumps(info, indent=2))

@@ -297,3 +297,13 @@ def test_train_config_refuses_a_bad_precision():
         TrainConfig(data="x", precision="half").validate()
     with pytest.raises(ValueError, match="padding"):
         TrainConfig(data="x", padding="none").validate()
+
+
+def test_cli_info_reports_what_auto_resolves_to(capsys):
+    from samtone_tf.cli import main
+
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["precision_auto"] == resolve_precision("auto")
+    flags = precision_lib.cpu_flags()
+    assert info["cpu_bf16_flags"] == sorted(flags & {"amx_bf16", "avx512_bf16"})
