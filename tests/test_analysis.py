@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from samtone_tf import analysis, cli, pretrained
+from samtone_tf.precision import resolve_precision
 from tests._requirements import MINILM_HINT, needs, require_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -503,7 +504,9 @@ def test_cli_analyze_minilm_on_scifact_matches_direct_calls(tmp_path, capsys):
     corpus, queries, qrels = evaluation.load_eval_data(SCIFACT, "beir", "train")
     pairs = analysis.sample_pairs(corpus, queries, qrels, max_pairs=8, seed=5)
     assert written["pairs"] == [list(p) for p in pairs]
-    query_fn, doc_fn = evaluation.text_encoders("pretrained:minilm-l6", document_max_length=64)
+    # the CLI computes in --precision auto (its default): the direct calls do the same
+    query_fn, doc_fn = evaluation.text_encoders("pretrained:minilm-l6", document_max_length=64,
+                                                precision="auto")
     q = np.asarray(query_fn([queries[i] for i, _ in pairs]))
     d = np.asarray(doc_fn([corpus[j] for _, j in pairs]))
     assert q.shape == d.shape == (8, 384)
@@ -512,6 +515,7 @@ def test_cli_analyze_minilm_on_scifact_matches_direct_calls(tmp_path, capsys):
         entry = written["models"][label]
         assert entry["config"]["model"] == "pretrained:minilm-l6"
         assert entry["config"]["document_max_length"] == 64
+        assert entry["config"]["precision"] == resolve_precision("auto")
         for key, value in expected.items():
             assert entry["report"][key] == (pytest.approx(value, abs=1e-5)
                                             if isinstance(value, float) else value), key
