@@ -368,6 +368,13 @@ PADDINGS = ("longest", "max_length")
 DEFAULT_LENGTH_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
+def check_padding(padding):
+    """Returns ``padding`` or raises a ValueError naming ``PADDINGS``."""
+    if padding not in PADDINGS:
+        raise ValueError(f"`padding` must be one of {PADDINGS}; got {padding!r}")
+    return padding
+
+
 def _check_length_buckets(length_buckets):
     if length_buckets is None:
         return DEFAULT_LENGTH_BUCKETS
@@ -508,8 +515,7 @@ def make_pair_dataset(
             f"batch_size={batch_size} exceeds the {len(pairs)} pairs; with drop_remainder the "
             "dataset would be empty."
         )
-    if padding not in PADDINGS:
-        raise ValueError(f"`padding` must be one of {PADDINGS}; got {padding!r}")
+    check_padding(padding)
     length_buckets = _check_length_buckets(length_buckets)
     query_tokenizer, doc_tokenizer = _split_tokenizers(tokenizer_or_tokenizers)
     if hard_negative_ids is not None and hard_negatives is None:

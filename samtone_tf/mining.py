@@ -392,8 +392,7 @@ class HardNegativeMiner:
         ``length_buckets`` are those of ``make_pair_dataset`` (each group of texts padded
         to its bucket by default).
         """
-        if padding not in data_lib.PADDINGS:
-            raise ValueError(f"`padding` must be one of {data_lib.PADDINGS}; got {padding!r}")
+        data_lib.check_padding(padding)
         length_buckets = data_lib._check_length_buckets(length_buckets)
         if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
                 or batch_size < 1):

@@ -92,12 +92,11 @@ class TrainConfig:
             raise ValueError("`data` is required (a BEIR folder or a SQuAD JSON file).")
         if self.format not in ("beir", "squad"):
             raise ValueError(f"`format` must be 'beir' or 'squad', got {self.format!r}.")
-        from samtone_tf.data import PADDINGS
+        from samtone_tf.data import check_padding
         from samtone_tf.precision import check_precision
 
         check_precision(self.precision)
-        if self.padding not in PADDINGS:
-            raise ValueError(f"`padding` must be one of {PADDINGS}, got {self.padding!r}.")
+        check_padding(self.padding)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}.")
         for name in ("batch_size", "epochs", "query_max_length", "document_max_length",
