@@ -673,6 +673,7 @@ def _encode_fn(model, max_length, precision):
     if key not in _ENCODE_FNS:
         import tensorflow_hub as hub
 
+        from samtone_tf.data import trim_to_longest
         from samtone_tf.model import mean_pool
 
         restored = hub.load(model.encoder_path_for(precision))
@@ -680,13 +681,10 @@ def _encode_fn(model, max_length, precision):
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def encode(texts):
-            tokens = tokenizer(texts)
-            mask = tokens["padding_mask"]
             # Attention masks the padding, so cutting it to the batch's longest text
             # changes no embedding and saves the work on padding.
-            length = tf.maximum(tf.reduce_max(tf.reduce_sum(mask, axis=1)), 1)
-            ids = tokens["token_ids"][:, :length]
-            mask = mask[:, :length]
+            tokens = trim_to_longest(tokenizer(texts))
+            ids, mask = tokens["token_ids"], tokens["padding_mask"]
             out = restored(
                 {"input_word_ids": ids, "input_mask": mask, "input_type_ids": tf.zeros_like(ids)},
                 training=False,
