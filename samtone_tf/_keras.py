@@ -20,3 +20,58 @@ IS_KERAS3 = int(KERAS_VERSION.split(".")[0]) >= 3
 def register_serializable(name):
     """``register_keras_serializable`` under package ``samtone_tf`` for either generation."""
     return keras.utils.register_keras_serializable(package="samtone_tf", name=name)
+
+
+# ----------------------------------------------------------------------------------------
+# One training step's pieces, for steps that compute their gradients themselves (the
+# gradient-cached step of ``DualEncoder``): what ``Model.train_step`` does around the tape
+# differs between the generations.
+
+def training_loss(model, x, y, y_pred, sample_weight):
+    """The loss ``model.train_step`` would minimise (``compute_loss`` in training mode),
+    recorded in the model's loss metric as the built-in step records it."""
+    if IS_KERAS3:
+        from keras.src.losses import loss as loss_module
+
+        loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                   training=True)
+        batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
+        model._loss_tracker.update_state(
+            loss_module.unscale_loss_for_distribution(loss), sample_weight=batch)
+        return loss
+    loss = model.compute_loss(x, y, y_pred, sample_weight)
+    model._validate_target_and_loss(y, loss)
+    return loss
+
+
+def scale_loss(optimizer, loss):
+    """``loss`` multiplied by the optimizer's loss scale (float16 loss scaling), if any."""
+    if optimizer is None:
+        return loss
+    if IS_KERAS3:
+        return optimizer.scale_loss(loss)
+    if hasattr(optimizer, "get_scaled_loss"):
+        return optimizer.get_scaled_loss(loss)
+    return loss
+
+
+def apply_scaled_gradients(optimizer, gradients, variables):
+    """Applies gradients of the *scaled* loss (see :func:`scale_loss`), as the built-in
+    step does: the optimizer unscales them (and skips the step when they are not finite)."""
+    gradients = list(gradients)
+    if not IS_KERAS3 and hasattr(optimizer, "get_unscaled_gradients"):
+        gradients = optimizer.get_unscaled_gradients(gradients)
+    optimizer.apply_gradients(zip(gradients, variables))
+
+
+def unreplayable_dropout_layers(model):
+    """Names of the Keras 2 (``tf_keras``) layers under ``model`` that draw random masks
+    from stateful random ops: their masks cannot be drawn a second time identically."""
+    if IS_KERAS3:
+        return []
+    found = []
+    for layer in model._flatten_layers(include_self=False):
+        if getattr(layer, "_random_generator", None) is not None and (
+                getattr(layer, "rate", 0) or 0) > 0:
+            found.append(layer.name)
+    return found

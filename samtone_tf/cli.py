@@ -179,8 +179,8 @@ def _add_train_flags(parser):
     types = {bool: _bool, int: int, float: float, str: str}
     choices = {"precision": PRECISIONS, "padding": PADDINGS}
     for field in dataclasses.fields(TrainConfig):
-        kind = type(field.default) if field.default is not None else (
-            int if "int" in str(field.type) else str)
+        kind = type(field.default) if field.default is not None else next(
+            (t for t in (int, float) if t.__name__ in str(field.type)), str)
         parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name,
                             type=types.get(kind, str), default=None,
                             choices=choices.get(field.name),

@@ -130,15 +130,19 @@ class KerasHubEncoder(keras.layers.Layer):
         self.built = True
 
     @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
-        """Loads ``keras_hub.models.Backbone.from_preset(preset)`` (a name or a folder)."""
+    def from_preset(cls, preset, load_weights=True, dropout=None, **kwargs):
+        """Loads ``keras_hub.models.Backbone.from_preset(preset)`` (a name or a folder),
+        with its dropout rate replaced by ``dropout`` unless that is ``None``."""
         if not IS_KERAS3:
             raise RuntimeError(_KERAS2_KERASHUB_ERROR)
         import keras_hub
 
         # A preset's config names its dtype; the policy in force (precision_scope) wins.
+        overrides = {"dtype": keras.mixed_precision.global_policy().name}
+        if dropout is not None:
+            overrides["dropout"] = check_dropout(dropout)
         backbone = keras_hub.models.Backbone.from_preset(
-            preset, load_weights=load_weights, dtype=keras.mixed_precision.global_policy().name)
+            preset, load_weights=load_weights, **overrides)
         return cls(backbone, **kwargs)
 
     @property
@@ -175,6 +179,30 @@ class KerasHubEncoder(keras.layers.Layer):
         config = dict(config)
         config["backbone"] = keras.utils.deserialize_keras_object(config["backbone"])
         return cls(**config)
+
+
+def check_dropout(rate):
+    """``rate`` as a float if it is a dropout rate in [0, 1), else ``ValueError``."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(f"`dropout` must be a number in [0, 1) or None; got {rate!r}")
+    return float(rate)
+
+
+def backbone_with_dropout(backbone, rate):
+    """``backbone``, or a copy of it (same weights) whose dropout rate is ``rate``: a
+    keras-hub backbone whose config has a ``dropout`` entry."""
+    rate = check_dropout(rate)
+    config = dict(backbone.get_config())
+    if "dropout" not in config:
+        raise ValueError(
+            f"cannot set the dropout rate of {type(backbone).__name__}: its config has no "
+            "`dropout` entry")
+    if float(config["dropout"]) == rate:
+        return backbone
+    config["dropout"] = rate
+    clone = backbone.__class__.from_config(config)
+    clone.set_weights(backbone.get_weights())
+    return clone
 
 
 def _variable_name(variable):
@@ -392,7 +420,7 @@ def _looks_like_saved_model(path):
     )
 
 
-def make_encoder(spec, **kwargs):
+def make_encoder(spec, dropout=None, **kwargs):
     """Builds a text encoder from a specification.
 
     Args:
@@ -406,21 +434,35 @@ def make_encoder(spec, **kwargs):
               ``http(s)://`` TF-Hub handle -> ``TFHubEncoder``;
             * an encoder layer of this process's Keras generation (``KerasHubEncoder``,
               ``TFHubEncoder`` or your own layer with the same contract) -> returned as is.
+        dropout: a dropout rate in [0, 1) replacing the encoder's own, or ``None`` (keep
+            it). Possible for keras-hub backbones and presets, ``KerasHubEncoder`` s (a copy
+            with the same weights) and ``"pretrained:"`` specs (a TF-Hub-layout SavedModel
+            with that rate is written into the cache once); a SavedModel's rate is fixed
+            when it is exported, so other TF-Hub specs refuse it.
         **kwargs: forwarded to the encoder constructor (``trainable``, ``name``, ...).
 
     Raises:
-        ValueError: `spec` is none of the above.
+        ValueError: `spec` is none of the above, or `dropout` cannot be applied to it.
         RuntimeError: a keras-hub spec under Keras 2 (export it with ``export_tfhub_layout``).
     """
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
+    if dropout is not None:
+        dropout = check_dropout(dropout)
     if isinstance(spec, str):
         if spec.startswith("pretrained:"):
             from samtone_tf.pretrained import pretrained_encoder
 
-            return pretrained_encoder(spec, **kwargs)
+            return pretrained_encoder(spec, dropout=dropout, **kwargs)
         if spec.startswith(KERASHUB_PREFIX):
-            return KerasHubEncoder.from_preset(spec[len(KERASHUB_PREFIX):], **kwargs)
+            return KerasHubEncoder.from_preset(spec[len(KERASHUB_PREFIX):], dropout=dropout,
+                                               **kwargs)
+        if dropout is not None:
+            raise ValueError(
+                f"`dropout` cannot change the rate of {spec!r}: a SavedModel's dropout is "
+                "fixed when it is exported. Export the backbone again with that rate "
+                "(samtone_tf.encoders.backbone_with_dropout, then export_tfhub_layout), or "
+                "use a 'pretrained:' or 'kerashub:' spec.")
         if spec.startswith(TFHUB_PREFIX):
             return TFHubEncoder(spec[len(TFHUB_PREFIX):], **kwargs)
         if spec.startswith(("http://", "https://")) or _looks_like_saved_model(spec):
@@ -432,8 +474,20 @@ def make_encoder(spec, **kwargs):
     if _is_keras_hub_object(spec):
         if not IS_KERAS3:
             raise RuntimeError(_KERAS2_KERASHUB_ERROR)
+        if dropout is not None:
+            spec = backbone_with_dropout(spec, dropout)
         return KerasHubEncoder(spec, **kwargs)
+    if isinstance(spec, KerasHubEncoder) and dropout is not None:
+        backbone = backbone_with_dropout(spec.backbone, dropout)
+        if backbone is spec.backbone and not kwargs:
+            return spec
+        return KerasHubEncoder(backbone, **kwargs)
     if isinstance(spec, keras.layers.Layer):
+        if dropout is not None:
+            raise ValueError(
+                f"`dropout` cannot change the rate of a {type(spec).__name__} object; pass "
+                "a keras-hub backbone, a KerasHubEncoder or a string spec, or build the "
+                "layer with the rate you want.")
         if kwargs:
             raise ValueError(
                 f"`spec` is already an encoder layer; unexpected keyword arguments {sorted(kwargs)}"

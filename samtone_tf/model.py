@@ -5,6 +5,7 @@ import os
 
 import tensorflow as tf
 
+from samtone_tf import _keras, gradcache
 from samtone_tf._keras import IS_KERAS3, keras, register_serializable
 from samtone_tf.encoders import make_encoder
 from samtone_tf.precision import precision_of_layer, precision_scope
@@ -34,9 +35,9 @@ def _deserialize(config):
     return keras.utils.deserialize_keras_object(config)
 
 
-def _make_encoder(spec, argument):
+def _make_encoder(spec, argument, dropout=None):
     try:
-        return make_encoder(spec)
+        return make_encoder(spec, dropout=dropout)
     except ValueError as error:
         raise ValueError(f"`{argument}`: {error}") from error
 
@@ -109,6 +110,16 @@ class DualEncoder(keras.Model):
         learnable_temperature: learn the softmax temperature as described above.
         initial_temperature: initial temperature tau (> 0) for ``learnable_temperature``.
         max_logit_scale: upper bound of the learnt scale 1/tau.
+        mini_batch_size: train with gradient caching (see ``samtone_tf.gradcache``): each
+            replica's batch is embedded and back-propagated ``mini_batch_size`` examples at
+            a time (the last mini-batch holds the remainder), while the loss still sees
+            the whole global batch; the gradients equal the uncached step's and the memory
+            is that of one mini-batch plus the batch's embeddings. ``None`` (default), or
+            a value at least the per-replica batch size, runs Keras' own step. Settable
+            later as ``model.mini_batch_size``.
+        dropout: the dropout rate of encoders built here, overriding the checkpoint's
+            (``None``, the default, keeps it); for keras-hub backbones and the pretrained
+            encoders (see ``samtone_tf.encoders.make_encoder``).
         precision: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"``: build the
             projections and any encoder given as a string spec under that precision (see
             ``samtone_tf.precision``); ``None`` (default): the Keras global policy in force.
@@ -145,15 +156,19 @@ class DualEncoder(keras.Model):
         initial_temperature=0.05,
         max_logit_scale=100.0,
         precision=None,
+        mini_batch_size=None,
+        dropout=None,
         **kwargs,
     ):
+        mini_batch_size = gradcache.check_mini_batch_size(mini_batch_size)
         # Layers take the dtype policy in force when they are made: build everything of
         # this model (string-spec encoders included) under the requested precision.
         with precision_scope(precision):
             self._initialize(
                 query_encoder, document_encoder, architecture, projection_dim, pooling,
                 normalize, learnable_temperature, initial_temperature, max_logit_scale,
-                **kwargs)
+                dropout, **kwargs)
+        self._mini_batch_size = mini_batch_size
 
     def _initialize(
         self,
@@ -166,6 +181,7 @@ class DualEncoder(keras.Model):
         learnable_temperature,
         initial_temperature,
         max_logit_scale,
+        dropout,
         **kwargs,
     ):
         if architecture not in ARCHITECTURES:
@@ -220,7 +236,7 @@ class DualEncoder(keras.Model):
             document_encoder = _deserialize(document_encoder)
 
         query_spec = query_encoder
-        query_encoder = _make_encoder(query_encoder, "query_encoder")
+        query_encoder = _make_encoder(query_encoder, "query_encoder", dropout)
         if architecture == "sde":
             if document_encoder is not None and document_encoder is not query_spec and (
                 document_encoder is not query_encoder
@@ -237,14 +253,14 @@ class DualEncoder(keras.Model):
                         f"`document_encoder` is required for architecture={architecture!r} "
                         "unless `query_encoder` is a string spec that can be loaded twice"
                     )
-                document_encoder = _make_encoder(query_spec, "query_encoder")
+                document_encoder = _make_encoder(query_spec, "query_encoder", dropout)
             elif document_encoder is query_spec or document_encoder is query_encoder:
                 raise ValueError(
                     f"`document_encoder` must be a different encoder from `query_encoder` for "
                     f"architecture={architecture!r}; use architecture='sde' to share one"
                 )
             else:
-                document_encoder = _make_encoder(document_encoder, "document_encoder")
+                document_encoder = _make_encoder(document_encoder, "document_encoder", dropout)
             shared = {id(v) for v in query_encoder.weights} & {
                 id(v) for v in document_encoder.weights
             }
@@ -399,6 +415,54 @@ class DualEncoder(keras.Model):
             self._check_loss_slots(x)
             return super().compute_loss(x, y, y_pred, sample_weight)
 
+    # ------------------------------------------------------- gradient caching
+    @property
+    def mini_batch_size(self):
+        """Examples per mini-batch of the gradient-cached step, or ``None`` (no caching)."""
+        return getattr(self, "_mini_batch_size", None)
+
+    @mini_batch_size.setter
+    def mini_batch_size(self, value):
+        self._mini_batch_size = gradcache.check_mini_batch_size(value)
+        # fit traces its step once: a new setting needs a new trace
+        self.train_function = None
+
+    def _caches(self, x):
+        """Whether this batch takes the gradient-cached step: a mini-batch size is set and
+        it is smaller than the (local) batch, or the batch size is unknown when traced."""
+        if self.mini_batch_size is None:
+            return False
+        batch = next(t for t in tf.nest.flatten(x) if t is not None).shape[0]
+        return batch is None or batch > self.mini_batch_size
+
+    def compute_step_gradients(self, x, y=None, sample_weight=None):
+        """What one training step computes, without applying it.
+
+        Returns ``(loss, y_pred, gradients)``: the loss the step records, the model output
+        it was computed from, and the gradients (aligned with ``self.trainable_variables``,
+        ``None`` where a variable gets none) of that loss times the optimizer's loss scale,
+        as ``train_step`` hands them to the optimizer. With ``mini_batch_size`` set and
+        smaller than the batch they come from the gradient-cached passes, otherwise from
+        one tape over the batch. Call it where ``train_step`` runs (inside
+        ``strategy.run`` under a strategy) on a compiled model.
+        """
+        if self._caches(x):
+            return gradcache.cached_step_gradients(self, x, y, sample_weight,
+                                                   self.mini_batch_size)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = _keras.training_loss(self, x, y, y_pred, sample_weight)
+            scaled = _keras.scale_loss(self.optimizer, loss)
+        return loss, y_pred, tape.gradient(scaled, self.trainable_variables)
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if not self._caches(x):
+            return super().train_step(data)  # Keras' own step, exactly
+        loss, y_pred, gradients = self.compute_step_gradients(x, y, sample_weight)
+        _keras.apply_scaled_gradients(self.optimizer, gradients, self.trainable_variables)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
     def call(self, inputs, training=None):
         if not isinstance(inputs, dict):
             raise ValueError(
@@ -462,6 +526,7 @@ class DualEncoder(keras.Model):
                 "learnable_temperature": self.learnable_temperature,
                 "initial_temperature": self.initial_temperature,
                 "max_logit_scale": self.max_logit_scale,
+                "mini_batch_size": self.mini_batch_size,
             }
         )
         return config

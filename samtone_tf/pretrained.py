@@ -337,17 +337,20 @@ def _write_cache(name, target):
     return metadata
 
 
-def _write_encoder_variant(model, precision, path):
+def _write_encoder_variant(model, precision, path, dropout=None):
     """Exports the cached preset as a TF-Hub-layout SavedModel computing in ``precision``
-    into ``path`` (atomically: a temporary sibling renamed into place)."""
+    (with dropout rate ``dropout`` unless ``None``) into ``path`` (atomically: a temporary
+    sibling renamed into place)."""
+    dropout = "" if dropout is None else repr(float(dropout))
     parent = os.path.dirname(path)
     scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
     target = os.path.join(scratch, "encoder")
     try:
         if _keras_hub_importable():
-            _export_variant(model.cache_dir, precision, target)
+            _export_variant(model.cache_dir, precision, target, dropout)
         else:
-            _run_in_keras3_subprocess("_export_variant", model.cache_dir, precision, target)
+            _run_in_keras3_subprocess("_export_variant", model.cache_dir, precision, target,
+                                      dropout)
         try:
             os.rename(target, path)
         except OSError:  # another process finished first
@@ -357,13 +360,16 @@ def _write_encoder_variant(model, precision, path):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _export_variant(cache_dir, precision, target):
+def _export_variant(cache_dir, precision, target, dropout=""):
+    """``dropout``: a rate as a string, or ``""`` for the checkpoint's (subprocess args)."""
     from samtone_tf.encoders import export_tfhub_layout
 
     exact_gelu_backbone_class()
     import keras_hub
 
-    backbone = keras_hub.models.Backbone.from_preset(os.path.join(cache_dir, "kerashub"))
+    overrides = {"dropout": float(dropout)} if dropout else {}
+    backbone = keras_hub.models.Backbone.from_preset(os.path.join(cache_dir, "kerashub"),
+                                                     **overrides)
     export_tfhub_layout(backbone, target, vocabulary_file=os.path.join(cache_dir, "vocab.txt"),
                         precision=precision)
 
@@ -527,19 +533,25 @@ class PretrainedEncoder:
             )
         return BertTextTokenizer(self.vocab_file, max_length=max_length, lower_case=self.lower_case)
 
-    def encoder_path_for(self, precision=None):
+    def encoder_path_for(self, precision=None, dropout=None):
         """The TF-Hub-layout SavedModel computing in ``precision`` (``None``: the Keras
-        global policy's). float32 is ``encoder_path``; another precision is written once
-        beside it (``encoder-bfloat16``, ``encoder-float16``) from the keras-hub preset."""
+        global policy's) with dropout rate ``dropout`` (``None``: the checkpoint's).
+        float32 with the checkpoint's rate is ``encoder_path``; any other is written once
+        beside it (``encoder-bfloat16``, ``encoder-float32-dropout0``, ...) from the
+        keras-hub preset."""
+        from samtone_tf.encoders import check_dropout
         from samtone_tf.precision import check_precision, current_precision
 
         precision = current_precision() if precision is None else precision
         check_precision(precision, allow_auto=False)
-        if precision == "float32":
+        if dropout is None and precision == "float32":
             return self.encoder_path
-        path = os.path.join(self.cache_dir, "encoder-" + precision)
+        name = "encoder-" + precision
+        if dropout is not None:
+            name += f"-dropout{check_dropout(dropout):g}"
+        path = os.path.join(self.cache_dir, name)
         if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-            _write_encoder_variant(self, precision, path)
+            _write_encoder_variant(self, precision, path, dropout)
         return path
 
     def encoder_spec(self, backend=None, precision=None):
@@ -655,11 +667,17 @@ def resolve_pretrained_spec(spec, backend=None, cache_dir=None):
     return load_pretrained(spec, cache_dir).encoder_spec(backend)
 
 
-def pretrained_encoder(spec, backend=None, cache_dir=None, **kwargs):
-    """The encoder layer for ``"pretrained:<name>"`` (for ``make_encoder`` to delegate to)."""
+def pretrained_encoder(spec, backend=None, cache_dir=None, dropout=None, **kwargs):
+    """The encoder layer for ``"pretrained:<name>"`` (for ``make_encoder`` to delegate to),
+    with dropout rate ``dropout`` (``None``: the checkpoint's)."""
     from samtone_tf.encoders import make_encoder
 
-    return make_encoder(resolve_pretrained_spec(spec, backend, cache_dir), **kwargs)
+    if not isinstance(spec, str) or not spec.startswith(PRETRAINED_PREFIX):
+        raise ValueError(f"`spec` must be '{PRETRAINED_PREFIX}<name>'; got {spec!r}")
+    model = load_pretrained(spec, cache_dir)
+    if _resolve_backend(backend) == "kerashub":
+        return make_encoder(model.encoder_spec("kerashub"), dropout=dropout, **kwargs)
+    return make_encoder(model.encoder_path_for(None, dropout=dropout), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ class TrainConfig:
     learnable_temperature: bool = False
     precision: str = "auto"              # auto | float32 | bfloat16 | float16 (see precision.py)
     padding: str = "longest"             # longest (per batch, length buckets) | max_length
+    dropout: Optional[float] = None      # encoder dropout rate; null keeps the checkpoint's
     # loss
     temperature: float = 0.05
     similarity: str = "cosine"
@@ -49,6 +50,7 @@ class TrainConfig:
     mask_duplicates: bool = True
     # optimisation
     batch_size: int = 32
+    mini_batch_size: Optional[int] = None  # gradient caching: examples per mini-batch
     epochs: int = 1
     steps_per_epoch: Optional[int] = None
     learning_rate: float = 2e-5
@@ -118,6 +120,12 @@ class TrainConfig:
         validate_loss_options(temperature=self.temperature, similarity=self.similarity,
                               same_tower=self.same_tower, bidirectional=self.bidirectional,
                               dual_weight=self.dual_weight, partition=self.partition)
+        from samtone_tf.encoders import check_dropout
+        from samtone_tf.gradcache import check_mini_batch_size
+
+        check_mini_batch_size(self.mini_batch_size)
+        if self.dropout is not None:
+            check_dropout(self.dropout)
         if not self.encoder.startswith("pretrained:") and not self.vocab:
             raise ValueError("`vocab` (a WordPiece vocab.txt) is required for encoder "
                              f"{self.encoder!r}; only 'pretrained:<name>' brings its own.")
@@ -237,7 +245,10 @@ def train(config, *, strategy=None, verbose=1):
     pairs, eval_data = _load_training_data(config)
     precision = resolve_precision(config.precision)  # after the strategy: a TPU counts
     with precision_scope(precision):
-        query_tok, doc_tok, encoder_spec = _tokenizers(config)
+        query_tok, doc_tok, _ = _tokenizers(config)
+    # "pretrained:<name>" stays a spec: DualEncoder resolves it in its precision and with
+    # `dropout` (a SavedModel variant under Keras 2)
+    encoder_spec = config.encoder
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"`batch_size` {config.batch_size} is not divisible by the "
@@ -257,7 +268,8 @@ def train(config, *, strategy=None, verbose=1):
         model = samtone_tf.DualEncoder(
             encoder_spec, architecture=config.architecture, projection_dim=config.projection_dim,
             pooling=config.pooling, learnable_temperature=config.learnable_temperature,
-            initial_temperature=config.temperature, precision=precision)
+            initial_temperature=config.temperature, precision=precision,
+            dropout=config.dropout, mini_batch_size=config.mini_batch_size)
         loss_kwargs = {k: getattr(config, k) for k in LOSS_KEYS}
         if config.learnable_temperature:
             loss_kwargs.update(similarity="dot", temperature=1.0)

@@ -32,15 +32,16 @@ def tiny_backbone(seed=0, dropout=0.0):
     )
 
 
-def tiny_tfhub_encoder_path(directory, seed=0, precision="float32"):
+def tiny_tfhub_encoder_path(directory, seed=0, precision="float32", dropout=0.0):
     """Exports a tiny backbone in TF-Hub layout under ``directory`` (once) and returns it;
-    the SavedModel computes in ``precision``."""
+    the SavedModel computes in ``precision`` with dropout rate ``dropout``."""
     from samtone_tf.encoders import export_tfhub_layout
 
     suffix = "" if precision == "float32" else "_" + precision
+    suffix += f"_dropout{dropout:g}" if dropout else ""
     path = os.path.join(os.fspath(directory), f"tiny_bert_tfhub_{seed}{suffix}")
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
-        export_tfhub_layout(tiny_backbone(seed), path, precision=precision)
+        export_tfhub_layout(tiny_backbone(seed, dropout=dropout), path, precision=precision)
     return path
 
 
