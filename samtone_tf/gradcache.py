@@ -67,64 +67,86 @@ def _first(x):
     return next(t for t in tf.nest.flatten(x) if t is not None)
 
 
+def _layout(x, mini_batch_size):
+    """``(batch, count, padded)``: the batch size, the number of mini-batches and
+    ``count * mini_batch_size`` (Python ints when the batch size is static)."""
+    batch = _first(x).shape[0]
+    if batch is None:
+        batch = tf.shape(_first(x))[0]
+    count = (batch + mini_batch_size - 1) // mini_batch_size
+    return batch, count, count * mini_batch_size
+
+
+def _padded(x, batch, padded):
+    """``x`` with ``padded - batch`` more rows, copies of its first rows (real examples, so
+    the padding rows compute nothing non-finite; their outputs are dropped)."""
+    rows = tf.range(padded) % batch
+    return tf.nest.map_structure(lambda t: None if t is None else tf.gather(t, rows), x)
+
+
+def _rows(t, start, size):
+    """``t[start:start + size]`` as a slice of static size (an XLA dynamic slice)."""
+    rank = t.shape.rank
+    return tf.slice(t, [start] + [0] * (rank - 1), [size] + [-1] * (rank - 1))
+
+
 def _mini_batch(x, start, size):
-    return tf.nest.map_structure(lambda t: None if t is None else t[start:start + size], x)
-
-
-def _count(batch, mini_batch_size):
-    return (batch + mini_batch_size - 1) // mini_batch_size
+    return tf.nest.map_structure(lambda t: None if t is None else _rows(t, start, size), x)
 
 
 def embed_in_mini_batches(forward, x, mini_batch_size):
     """``forward`` on each mini-batch of ``x`` in turn, concatenated, with no gradients.
 
     Args:
-      forward: ``x_i -> [m_i, ...]`` float tensor for a mini-batch ``x_i`` (a nest of
-        tensors with leading dimension ``m_i``).
+      forward: ``x_i -> [mini_batch_size, ...]`` float tensor for a mini-batch ``x_i`` (a
+        nest of tensors with leading dimension ``mini_batch_size``).
       x: the batch, a nest of tensors sharing their leading dimension ``b``.
-      mini_batch_size: examples per mini-batch; the last one holds the remainder.
+      mini_batch_size: examples per mini-batch. The last mini-batch holds the remainder,
+        topped up with copies of the batch's first rows to the same shape (one shape for
+        every mini-batch, which XLA needs); their outputs are dropped.
 
     Returns:
       ``[b, ...]``: the outputs in batch order (a tensor that stops gradients).
     """
-    batch = tf.shape(_first(x))[0]
-    count = _count(batch, mini_batch_size)
-    shapes = []
+    static_batch = _first(x).shape[0]
+    batch, count, padded = _layout(x, mini_batch_size)
+    x = _padded(x, batch, padded)
 
     def body(i, outputs):
-        start = i * mini_batch_size
-        out = forward(_mini_batch(x, start, tf.minimum(mini_batch_size, batch - start)))
-        shapes.append(out.shape)
-        return i + 1, outputs.write(i, tf.stop_gradient(out))
+        out = forward(_mini_batch(x, i * mini_batch_size, mini_batch_size))
+        return i + 1, outputs.write(i, tf.stop_gradient(tf.cast(out, tf.float32)))
 
-    outputs = tf.TensorArray(tf.float32, size=count, infer_shape=False)
+    outputs = tf.TensorArray(tf.float32, size=count)
     _, outputs = tf.while_loop(lambda i, _: i < count, body, (tf.constant(0), outputs),
                                parallel_iterations=1)
-    embedded = outputs.concat()
-    if shapes:
-        embedded.set_shape(tf.TensorShape([_first(x).shape[0]]).concatenate(shapes[0][1:]))
+    stacked = outputs.stack()  # [count, mini_batch_size, ...]
+    embedded = tf.reshape(stacked, tf.concat([[padded], tf.shape(stacked)[2:]], 0))[:batch]
+    embedded.set_shape(tf.TensorShape([static_batch]).concatenate(stacked.shape[2:]))
     return tf.stop_gradient(embedded)
 
 
 def backprop_in_mini_batches(forward, x, mini_batch_size, output_gradients, variables):
     """The gradients of ``sum(forward(x) * output_gradients)`` with respect to
-    ``variables``, computed one mini-batch at a time.
+    ``variables``, computed one mini-batch at a time (mini-batches as in
+    :func:`embed_in_mini_batches`; the padding rows get zero output gradients).
 
     Returns:
       a list aligned with ``variables``: dense float tensors summed over the mini-batches,
       ``None`` for a variable that no mini-batch's output depends on.
     """
     variables = list(variables)
-    batch = tf.shape(_first(x))[0]
-    count = _count(batch, mini_batch_size)
+    batch, count, padded = _layout(x, mini_batch_size)
+    x = _padded(x, batch, padded)
+    output_gradients = tf.cast(output_gradients, tf.float32)
+    output_gradients = tf.pad(output_gradients, [[0, padded - batch]]
+                              + [[0, 0]] * (output_gradients.shape.rank - 1))
     reached = [False] * len(variables)
 
     def body(i, *totals):
         start = i * mini_batch_size
-        size = tf.minimum(mini_batch_size, batch - start)
         with tf.GradientTape() as tape:
-            out = tf.cast(forward(_mini_batch(x, start, size)), tf.float32)
-            surrogate = tf.reduce_sum(out * output_gradients[start:start + size])
+            out = tf.cast(forward(_mini_batch(x, start, mini_batch_size)), tf.float32)
+            surrogate = tf.reduce_sum(out * _rows(output_gradients, start, mini_batch_size))
         grads = tape.gradient(surrogate, variables)
         updated = []
         for j, (total, grad) in enumerate(zip(totals, grads)):

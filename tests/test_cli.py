@@ -60,9 +60,9 @@ def trained(small_beir, tmp_path_factory):
         "schedule": "linear", "warmup_steps": 2, "same_tower": "both", "bidirectional": True,
         "dual_weight": 0.1, "strategy": "default", "eval_batch_size": 32,
     }))
-    # a flag overrides the file
+    # a flag overrides the file; the run trains through the gradient-cached step
     code = cli.main(["train", "--config", str(config), "--output-dir", str(out / "run"),
-                     "--steps-per-epoch", "3", "--quiet"])
+                     "--steps-per-epoch", "3", "--mini-batch-size", "6", "--quiet"])
     assert code == 0
     return out / "run", json.loads((out / "run" / "summary.json").read_text())
 
@@ -72,6 +72,7 @@ def test_train_writes_summary_metrics_and_export(trained):
     assert summary["steps"] == 6 and len(summary["loss_history"]) == 2
     assert summary["config"]["steps_per_epoch"] == 3          # the flag won over the file
     assert summary["config"]["architecture"] == "ade-spl"     # the file's setting is kept
+    assert summary["config"]["mini_batch_size"] == 6          # batches of 16 as 6, 6, 4
     assert summary["train_pairs"] > 96                         # more judgments than queries
     assert summary["metrics"]["num_queries"] == 40
     # evaluated before training too, on the same held-out queries; training moved the numbers

@@ -68,7 +68,8 @@ def _batch(hard_documents=0, hard_queries=0, seed=0):
 
 
 def _model(tfhub_dir, architecture="sde", projection_dim=None, dropout=0.0, kind=None,
-           learnable_temperature=False, loss=None, optimizer=None, mini_batch_size=MINI):
+           learnable_temperature=False, loss=None, optimizer=None, mini_batch_size=MINI,
+           jit_compile=False):
     query = _encoder(tfhub_dir, 0, dropout, kind)
     document = None if architecture == "sde" else _encoder(tfhub_dir, 1, dropout, kind)
     model = samtone_tf.DualEncoder(query, document, architecture=architecture,
@@ -76,7 +77,7 @@ def _model(tfhub_dir, architecture="sde", projection_dim=None, dropout=0.0, kind
                                    learnable_temperature=learnable_temperature,
                                    mini_batch_size=mini_batch_size)
     model.compile(optimizer=optimizer or keras.optimizers.SGD(0.1),
-                  loss=loss or samtone_tf.SamToNeLoss())
+                  loss=loss or samtone_tf.SamToNeLoss(), jit_compile=jit_compile)
     return model
 
 
@@ -185,23 +186,28 @@ def test_dropout_masks_replay_in_the_second_pass(tfhub_dir, kind, monkeypatch):
 
 
 def test_remainder_mini_batch_and_batch_order(tfhub_dir, monkeypatch):
-    """8 examples in mini-batches of 3 run as 3, 3, 2 in both passes (eagerly here, so the
-    loop runs in Python and each mini-batch's size is seen)."""
+    """8 examples in mini-batches of 3: both passes run 3 mini-batches starting at rows 0, 3
+    and 6; the last holds the 2 remainder examples (topped up with a copy of row 0, whose
+    output is dropped). Run eagerly, so the loop runs in Python and each start is seen."""
     model = _model(tfhub_dir, "sde", loss=samtone_tf.SamToNeLoss(same_tower="both"))
     x, y = _batch()
     seen = []
     original = gradcache._mini_batch
 
     def recording(x, start, size):
-        seen.append((int(start), int(size)))
-        return original(x, start, size)
+        part = original(x, start, size)
+        seen.append((int(start), int(size), part["query_token_ids"].numpy().tolist()))
+        return part
 
     monkeypatch.setattr(gradcache, "_mini_batch", recording)
     model.mini_batch_size = MINI
     loss_c, y_pred_c, grads_c = model.compute_step_gradients(x, y)
-    assert seen == [(0, 3), (3, 3), (6, 2)] * 2
+    assert [(start, size) for start, size, _ in seen] == [(0, 3), (3, 3), (6, 3)] * 2
+    rows = x["query_token_ids"].numpy().tolist()
+    assert seen[2][2] == rows[6:8] + rows[:1]  # the remainder, topped up with row 0
     model.mini_batch_size = None
     loss_u, y_pred_u, grads_u = model.compute_step_gradients(x, y)
+    assert y_pred_c.shape[0] == B
     np.testing.assert_allclose(y_pred_c, y_pred_u, rtol=1e-5, atol=1e-6)
     assert _gradient_error(grads_c, grads_u) <= TOLERANCE
 
@@ -256,6 +262,11 @@ def test_fit_three_steps_gives_the_uncached_weights(tfhub_dir, monkeypatch):
     assert len(calls) == traced
     for a, b in zip(same, uncached):
         np.testing.assert_array_equal(a, b)
+    # Compiled with XLA (Keras 3's default on GPUs; TPUs need it) the cached step gives the
+    # same weights: every mini-batch has one static shape, the last one topped up.
+    _, xla, _ = _fit(tfhub_dir, MINI, jit_compile=True)
+    assert len(calls) > traced
+    assert _update_error(before, xla, uncached) <= TOLERANCE
 
 
 @pytest.mark.parametrize("precision, tolerance", [("bfloat16", 2e-2), ("float16", 2e-3)])
@@ -414,3 +425,14 @@ def test_dropout_override_of_an_encoder(tfhub_dir):
     base = make_encoder(backbone)
     np.testing.assert_allclose(encoder(features, training=False), base(features), atol=1e-6)
     assert not np.allclose(encoder(features, training=True), encoder(features, training=True))
+
+
+def test_cli_train_flags_reach_the_config():
+    from samtone_tf import cli
+
+    args = cli.build_parser().parse_args(
+        ["train", "--mini-batch-size", "16", "--dropout", "0", "--batch-size", "256"])
+    assert (args.mini_batch_size, args.dropout, args.batch_size) == (16, 0.0, 256)
+    assert isinstance(args.mini_batch_size, int) and isinstance(args.dropout, float)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--mini-batch-size", "half"])
