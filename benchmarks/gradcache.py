@@ -86,7 +86,7 @@ def child(args):
                                          seed=0, repeat=True, padding="max_length")
     model = samtone_tf.DualEncoder("pretrained:minilm-l6", architecture="sde",
                                    pooling="mean", precision=precision,
-                                   mini_batch_size=args.mini_batch_size)
+                                   mini_batch_size=args.mini_batch_size or None)
     model.compile(optimizer=keras.optimizers.Adam(2e-5),
                   loss=samtone_tf.SamToNeLoss(temperature=0.05, same_tower="query",
                                               mask_duplicates=True))
@@ -108,7 +108,7 @@ def child(args):
         tf.config.experimental.reset_memory_stats("GPU:0")
     history = model.fit(dataset, epochs=1, steps_per_epoch=1 + args.timed_steps,
                         callbacks=[timer], verbose=0)
-    result = {"batch_size": args.batch_size, "mini_batch_size": args.mini_batch_size,
+    result = {"batch_size": args.batch_size, "mini_batch_size": model.mini_batch_size,
               "precision": model.compute_precision, "step_seconds": timer.times,
               "loss": [float(x) for x in history.history["loss"]]}
     timed = timer.times[1:]
@@ -118,6 +118,8 @@ def child(args):
     if gpus:
         result["gpu_peak_bytes"] = int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
     result["finite_loss"] = bool(np.all(np.isfinite(result["loss"])))
+    if (model.mini_batch_size is not None) != bool(args.mini_batch_size):
+        raise SystemExit("the model's mini_batch_size is not the one asked for")
     with open(args.child_output, "w", encoding="utf-8") as f:
         json.dump(result, f)
 
@@ -130,8 +132,7 @@ def run_child(args, batch_size, mini_batch_size, scratch):
                "--precision", args.precision, "--timed-steps", str(args.timed_steps),
                "--query-max-length", str(args.query_max_length),
                "--document-max-length", str(args.document_max_length)]
-    if mini_batch_size:
-        command += ["--mini-batch-size", str(mini_batch_size)]
+    command += ["--mini-batch-size", str(mini_batch_size or 0)]  # 0: uncached
     limit = int(args.memory_limit_gib * 2 ** 30)
     started = time.time()
     log = open(os.path.join(scratch, f"b{batch_size}_m{mini_batch_size}.log"), "w")

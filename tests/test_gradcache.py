@@ -263,10 +263,13 @@ def test_fit_three_steps_gives_the_uncached_weights(tfhub_dir, monkeypatch):
     for a, b in zip(same, uncached):
         np.testing.assert_array_equal(a, b)
     # Compiled with XLA (Keras 3's default on GPUs; TPUs need it) the cached step gives the
-    # same weights: every mini-batch has one static shape, the last one topped up.
-    _, xla, _ = _fit(tfhub_dir, MINI, jit_compile=True)
-    assert len(calls) > traced
-    assert _update_error(before, xla, uncached) <= TOLERANCE
+    # same weights: every mini-batch has one static shape, the last one topped up. (Checked
+    # in Keras 3, where accelerators run; Keras 2's XLA compile of the TF-Hub towers takes
+    # a minute on CI's cores.)
+    if IS_KERAS3:
+        _, xla, _ = _fit(tfhub_dir, MINI, jit_compile=True)
+        assert len(calls) > traced
+        assert _update_error(before, xla, uncached) <= TOLERANCE
 
 
 @pytest.mark.parametrize("precision, tolerance", [("bfloat16", 2e-2), ("float16", 2e-3)])
