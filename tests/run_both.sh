@@ -4,8 +4,8 @@
 #
 # The two generations run at the same time, each in its own process tree with its own
 # pytest temporary directory: much of a test's time is single-threaded (tracing, process
-# start-up, notebook kernels), so on a 2-core machine the pair takes about as long as the
-# slower one alone plus a third. SAMTONE_TF_SERIAL=1 runs them one after the other instead.
+# start-up, notebook kernels). On CI's 2 cores each took 20 minutes side by side, where one
+# generation alone took about 15. SAMTONE_TF_SERIAL=1 runs them one after the other instead.
 # Each run's output is kept in a log and printed whole when both are done.
 cd "$(dirname "$0")/.." || exit 2
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/samtone-tests.XXXXXX")

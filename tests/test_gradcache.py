@@ -439,3 +439,34 @@ def test_cli_train_flags_reach_the_config():
     assert isinstance(args.mini_batch_size, int) and isinstance(args.dropout, float)
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--mini-batch-size", "half"])
+
+
+def test_pretrained_dropout_variant_is_written_once_with_that_rate(tmp_path):
+    """``PretrainedEncoder.encoder_path_for(precision, dropout)`` writes a SavedModel with the
+    rate asked for (here from a tiny preset with dropout 0.1 laid out as the cache is)."""
+    from samtone_tf import pretrained
+    from samtone_tf.encoders import TFHubEncoder
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _tiny.tiny_backbone(0, dropout=0.1).save_to_preset(str(cache / "kerashub"))
+    (cache / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    model = pretrained.PretrainedEncoder(name="tiny", cache_dir=str(cache), max_length=64,
+                                         hidden_dim=_tiny.HIDDEN_DIM, pooling="mean",
+                                         normalize=True, lower_case=True)
+    ids, mask = _tiny.random_tokens(4, 8)
+    features = {"token_ids": tf.constant(ids), "padding_mask": tf.constant(mask)}
+    outputs = {}
+    for rate in (0.0, 0.5):
+        path = model.encoder_path_for("float32", dropout=rate)
+        assert path.endswith(f"encoder-float32-dropout{rate:g}")
+        stamp = (tmp_path / "cache" / path).stat().st_mtime_ns
+        assert model.encoder_path_for("float32", dropout=rate) == path  # written once
+        assert (tmp_path / "cache" / path).stat().st_mtime_ns == stamp
+        encoder = TFHubEncoder(path)
+        outputs[rate] = [np.asarray(encoder(features, training=True)) for _ in range(2)]
+        inference = np.asarray(encoder(features, training=False))
+    # rate 0: training mode computes the inference output; rate 0.5 draws masks
+    np.testing.assert_allclose(outputs[0.0][0], outputs[0.0][1], atol=1e-6)
+    assert not np.allclose(outputs[0.5][0], outputs[0.5][1])
+    np.testing.assert_allclose(outputs[0.0][0], inference, atol=1e-5)
