@@ -3,7 +3,7 @@
 
 Commands (from the repository root)::
 
-    .venv/bin/python benchmarks/gradcache.py            # ~15 min on 2 quiet CPU cores
+    .venv/bin/python benchmarks/gradcache.py            # ~18 min on 2 quiet CPU cores
     .venv/bin/python benchmarks/gradcache.py --quick --allow-busy --output /tmp/gc.json
 
 Every configuration (batch size, cached or not) runs in its own child process, so each

@@ -470,3 +470,44 @@ def test_pretrained_dropout_variant_is_written_once_with_that_rate(tmp_path):
     np.testing.assert_allclose(outputs[0.0][0], outputs[0.0][1], atol=1e-6)
     assert not np.allclose(outputs[0.5][0], outputs[0.5][1])
     np.testing.assert_allclose(outputs[0.0][0], inference, atol=1e-5)
+
+
+def test_benchmark_report_judges_its_targets():
+    """benchmarks/gradcache.py's targets and table from a synthetic set of runs."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "benchmarks", "gradcache.py")
+    spec = importlib.util.spec_from_file_location("_bench_gradcache", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--batch-sizes", "128,2048"])
+    gib = 2 ** 30
+
+    def run(batch, mini, seconds=None, peak=None, failure=None):
+        entry = {"batch_size": batch, "mini_batch_size": mini, "cached": bool(mini),
+                 "ok": failure is None, "polled_peak_rss_bytes": 19 * gib}
+        if failure:
+            entry["failure"] = failure
+        else:
+            entry.update(median_step_seconds=seconds, pairs_per_second=batch / seconds,
+                         peak_rss_bytes=peak)
+        return entry
+
+    report = {"device": {"type": "CPU", "name": "cpu"}, "precision": "bfloat16",
+              "quiet_check": {"quiet_machine": True},
+              "runs": [run(64, None, 3.0, 4 * gib), run(128, None, 7.0, 7 * gib),
+                       run(2048, None, failure="over the memory limit"),
+                       run(128, 32, 10.5, 3 * gib), run(2048, 32, 150.0, 3.5 * gib)]}
+    targets = {t["name"].split(" (")[0]: t for t in bench.targets(report, args)}
+    cost = targets["cached step cost at batch 128"]
+    assert cost["value"] == 1.5 and not cost["met"]
+    memory = next(t for name, t in targets.items() if name.startswith("peak memory"))
+    assert memory["met"]  # 3.5 GiB <= 4 GiB + 12 MiB of embeddings
+    report["targets"] = list(targets.values())
+    table = bench.markdown(report)
+    assert "| 2048 | uncached | - | - | > 19.00 | failed: over the memory limit |" in table
+    assert "**not met**" in table and "**met**" in table
+    report["runs"][-1]["peak_rss_bytes"] = 4.5 * gib  # above batch 64 + embeddings
+    assert not next(t for t in bench.targets(report, args) if "memory" in t["name"])["met"]
