@@ -14,7 +14,8 @@ needed only one mini-batch at a time. One step of :class:`samtone_tf.DualEncoder
    the variables' gradients over the mini-batches.
 
 The gradients equal those of the uncached step on the same batch (up to float summation
-order); the peak memory is one mini-batch's activations plus the batch's embeddings.
+order); the peak memory is one mini-batch's activations, the batch's embeddings and their
+gradients, and one gradient accumulator per variable (the model's size again).
 
 Dropout replays exactly. Random masks of Keras 3 layers (keras-hub backbones) and of
 TF-Hub-layout SavedModels written by :func:`samtone_tf.encoders.export_tfhub_layout` are
@@ -27,7 +28,9 @@ with such a layer (rate > 0) is refused.
 
 Both passes loop with ``tf.while_loop`` (one mini-batch at a time,
 ``parallel_iterations=1``), so the traced step holds one copy of the encoder's graph
-whatever the number of mini-batches.
+whatever the number of mini-batches. Every mini-batch has one static shape, as XLA needs:
+the last one holds the remainder topped up with copies of the batch's first rows, whose
+outputs are dropped (and whose cached gradients are zero).
 """
 
 import numbers

@@ -114,7 +114,8 @@ class DualEncoder(keras.Model):
             replica's batch is embedded and back-propagated ``mini_batch_size`` examples at
             a time (the last mini-batch holds the remainder), while the loss still sees
             the whole global batch; the gradients equal the uncached step's and the memory
-            is that of one mini-batch plus the batch's embeddings. ``None`` (default), or
+            is that of one mini-batch, the batch's embeddings and one gradient accumulator
+            per variable. ``None`` (default), or
             a value at least the per-replica batch size, runs Keras' own step. Settable
             later as ``model.mini_batch_size``.
         dropout: the dropout rate of encoders built here, overriding the checkpoint's
