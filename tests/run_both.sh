@@ -4,7 +4,7 @@
 #
 # The two generations run at the same time, each in its own process tree with its own
 # pytest temporary directory: much of a test's time is single-threaded (tracing, process
-# start-up, notebook kernels). On CI's 2 cores each took 20 minutes side by side, where one
+# start-up, notebook kernels). On CI's 2 cores each took 20-23 minutes side by side, where one
 # generation alone took about 15. SAMTONE_TF_SERIAL=1 runs them one after the other instead.
 # Each run's output is kept in a log and printed whole when both are done.
 cd "$(dirname "$0")/.." || exit 2
