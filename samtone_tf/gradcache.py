@@ -199,11 +199,11 @@ def cached_step_gradients(model, x, y, sample_weight, mini_batch_size):
         loss = _keras.training_loss(model, x, y, y_pred, sample_weight)
         scaled = _keras.scale_loss(model.optimizer, loss)
     output_gradients = tf.stop_gradient(tape.gradient(scaled, y_pred))
-    after = [tf.identity(tf.convert_to_tensor(s)) for s in states]
-    with tf.control_dependencies(after):
-        rewind = [s.assign(value) for s, value in zip(states, before)]
-    with tf.control_dependencies([op for op in rewind if op is not None]):
-        output_gradients = tf.identity(output_gradients)
+    # Back to the random states pass 1 started from, so pass 3 draws its masks. (Inside
+    # tf.function, automatic control dependencies order these writes after pass 1's loop
+    # and before pass 3's, which touch the same variables.)
+    for state, value in zip(states, before):
+        state.assign(value)
     gradients = backprop_in_mini_batches(forward, x, mini_batch_size, output_gradients,
                                          model.trainable_variables)
     return loss, y_pred, gradients
