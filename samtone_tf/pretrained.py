@@ -554,7 +554,7 @@ class PretrainedEncoder:
             _write_encoder_variant(self, precision, path, dropout)
         return path
 
-    def encoder_spec(self, backend=None, precision=None):
+    def encoder_spec(self, backend=None, precision=None, dropout=None):
         """An encoder spec string for ``make_encoder`` / ``DualEncoder``.
 
         Args:
@@ -562,6 +562,9 @@ class PretrainedEncoder:
                 ``KerasHubEncoder``), ``"tfhub"`` (the TF-Hub-layout SavedModel path, a
                 ``TFHubEncoder``, either generation) or ``None``: ``"kerashub"`` under
                 Keras 3, ``"tfhub"`` under Keras 2.
+            dropout: for ``"tfhub"``, the SavedModel's dropout rate (see
+                ``encoder_path_for``); ``None``: the checkpoint's. A ``"kerashub"`` spec
+                takes its rate when it is built (``make_encoder(spec, dropout=...)``).
             precision: for ``"tfhub"``, the SavedModel's compute precision (see
                 ``encoder_path_for``); ``None``: the Keras global policy's. A
                 ``"kerashub"`` encoder takes the policy in force when it is built.
@@ -570,7 +573,7 @@ class PretrainedEncoder:
         if backend == "kerashub":
             exact_gelu_backbone_class()  # the preset's class must be registered
             return "kerashub:" + self.kerashub_preset
-        return self.encoder_path_for(precision)
+        return self.encoder_path_for(precision, dropout)
 
     def encoder(self, backend=None, **kwargs):
         """The encoder layer (``make_encoder(self.encoder_spec(backend), **kwargs)``)."""
@@ -660,11 +663,12 @@ def dual_encoder_components(
     )
 
 
-def resolve_pretrained_spec(spec, backend=None, cache_dir=None):
-    """``"pretrained:<name>"`` -> an encoder spec ``make_encoder`` accepts (converting once)."""
+def resolve_pretrained_spec(spec, backend=None, cache_dir=None, dropout=None):
+    """``"pretrained:<name>"`` -> an encoder spec ``make_encoder`` accepts (converting once;
+    ``dropout`` as in ``PretrainedEncoder.encoder_spec``)."""
     if not isinstance(spec, str) or not spec.startswith(PRETRAINED_PREFIX):
         raise ValueError(f"`spec` must be '{PRETRAINED_PREFIX}<name>'; got {spec!r}")
-    return load_pretrained(spec, cache_dir).encoder_spec(backend)
+    return load_pretrained(spec, cache_dir).encoder_spec(backend, dropout=dropout)
 
 
 def pretrained_encoder(spec, backend=None, cache_dir=None, dropout=None, **kwargs):
@@ -672,12 +676,10 @@ def pretrained_encoder(spec, backend=None, cache_dir=None, dropout=None, **kwarg
     with dropout rate ``dropout`` (``None``: the checkpoint's)."""
     from samtone_tf.encoders import make_encoder
 
-    if not isinstance(spec, str) or not spec.startswith(PRETRAINED_PREFIX):
-        raise ValueError(f"`spec` must be '{PRETRAINED_PREFIX}<name>'; got {spec!r}")
-    model = load_pretrained(spec, cache_dir)
-    if _resolve_backend(backend) == "kerashub":
-        return make_encoder(model.encoder_spec("kerashub"), dropout=dropout, **kwargs)
-    return make_encoder(model.encoder_path_for(None, dropout=dropout), **kwargs)
+    resolved = resolve_pretrained_spec(spec, backend, cache_dir, dropout=dropout)
+    # a keras-hub preset takes the rate when it is built; the SavedModel variant has it
+    keras_hub_spec = resolved.startswith("kerashub:")
+    return make_encoder(resolved, dropout=dropout if keras_hub_spec else None, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------

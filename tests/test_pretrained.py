@@ -418,5 +418,10 @@ def test_make_encoder_accepts_the_pretrained_spec(converted, monkeypatch):
     encoder = make_encoder("pretrained:minilm-l6")
     assert isinstance(encoder, KerasHubEncoder if IS_KERAS3 else TFHubEncoder)
     assert pretrained.conversion_count() == before  # the cached conversion is reused
+    if IS_KERAS3:  # the keras-hub preset takes a dropout rate when built (Keras 2: a variant
+        # SavedModel, tests/test_gradcache.py)
+        assert encoder.backbone.get_config()["dropout"] == 0.1
+        assert make_encoder("pretrained:minilm-l6", dropout=0.0).backbone.get_config()[
+            "dropout"] == 0.0
     with pytest.raises(ValueError, match="minilm"):
         make_encoder("pretrained:no-such-model")
