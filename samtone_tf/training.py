@@ -213,16 +213,18 @@ def _load_training_data(config):
 
 
 def _tokenizers(config):
+    """The query and document tokenizers (the encoder itself is ``config.encoder``, which
+    ``DualEncoder`` resolves)."""
     if config.encoder.startswith("pretrained:"):
         from samtone_tf import pretrained
 
-        return pretrained.dual_encoder_components(
-            config.encoder[len("pretrained:"):], query_max_length=config.query_max_length,
-            document_max_length=config.document_max_length)
+        model = pretrained.load_pretrained(config.encoder)
+        return (model.tokenizer(config.query_max_length),
+                model.tokenizer(config.document_max_length))
     from samtone_tf.tokenization import BertTextTokenizer
 
     return (BertTextTokenizer(config.vocab, config.query_max_length),
-            BertTextTokenizer(config.vocab, config.document_max_length), config.encoder)
+            BertTextTokenizer(config.vocab, config.document_max_length))
 
 
 def train(config, *, strategy=None, verbose=1):
@@ -239,15 +241,14 @@ def train(config, *, strategy=None, verbose=1):
     from samtone_tf._keras import keras
 
     os.makedirs(config.output_dir, exist_ok=True)
-    from samtone_tf.precision import precision_scope, resolve_precision
+    from samtone_tf.precision import resolve_precision
 
     keras.utils.set_random_seed(config.seed)
     pairs, eval_data = _load_training_data(config)
     precision = resolve_precision(config.precision)  # after the strategy: a TPU counts
-    with precision_scope(precision):
-        query_tok, doc_tok, _ = _tokenizers(config)
-    # "pretrained:<name>" stays a spec: DualEncoder resolves it in its precision and with
-    # `dropout` (a SavedModel variant under Keras 2)
+    query_tok, doc_tok = _tokenizers(config)
+    # "pretrained:<name>" stays a spec: DualEncoder resolves it, once, in its precision and
+    # with `dropout` (a SavedModel variant under Keras 2)
     encoder_spec = config.encoder
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
