@@ -170,7 +170,15 @@ def test_quick_resumes_reports_and_refuses_other_settings(rs, quick):
     row = next(r for r in again["summary"] if r["study"] == 3 and r["variant"] == "samtone-q")
     assert f"{row['mrr']['mean'] * 100:.1f}" in table
     with pytest.raises(SystemExit, match="other settings"):
-        rs.main(argv + ["--study", "3", "--study3-steps", "5"])
+        rs.main(argv + ["--study", "1", "--dropout", "0.2"])
+    # studies run side by side into their own files are merged into one
+    merged = out.parent / "merged.json"
+    assert rs.main(["--quick", "--report", "--output", str(merged), "--merge", str(out),
+                    "--figures", str(out.parent / "merged_figures")]) == 0
+    with open(merged, encoding="utf-8") as f:
+        combined = json.load(f)
+    assert combined["runs"] == result["runs"]
+    assert combined["settings"] == result["settings"]
 
 
 @pytest.mark.skipif(IS_KERAS3, reason="the Keras 2 refusal of study 1")
