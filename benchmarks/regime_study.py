@@ -54,13 +54,9 @@ SQUAD = os.path.join(ROOT, "..", "shared", "data", "squad", "squad_v1.1_train_su
 DEFAULT_OUTPUT = os.path.join(HERE, "results", "regime_study.json")
 DEFAULT_FIGURES = os.path.join(ROOT, "docs", "figures", "regime")
 
-VARIANTS = {
-    "in-batch": dict(same_tower="none"),
-    "samtone-q": dict(same_tower="query"),
-    "samtone-both": dict(same_tower="both", bidirectional=True),
-    "dance": dict(same_tower="none", bidirectional=True, dual_weight=0.1),
-    "gte-joint": dict(same_tower="both", bidirectional=True, partition="joint"),
-}
+sys.path.insert(0, HERE)
+from finetune_study import VARIANTS  # noqa: E402 (the loss variants: one definition)
+
 TEMPERATURE = 0.05
 # (architecture, init) cells of study 1, and the variants each runs
 STUDY1_CELLS = {
@@ -271,7 +267,6 @@ class Study1:
 
 # ---------------------------------------------------------------------------- study 2
 def study2_frozen(args, runs, save):
-    sys.path.insert(0, HERE)
     import loss_study
 
     data = loss_study.load_study_data("reqa", args.data, args.quick)
