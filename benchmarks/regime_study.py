@@ -120,12 +120,16 @@ def subsample_eval(corpus, queries, qrels, num_queries, num_others, seed):
 
 
 # ---------------------------------------------------------------------------- analysis
+def _unit(x):
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def tower_separation(query_emb, doc_emb, k=10):
     """Share of each embedding's ``k`` nearest neighbours (cosine, itself excluded, both
     towers pooled) that come from its own tower: 0.5 when the towers are mixed evenly, 1.0
     when they are apart."""
-    x = np.concatenate([query_emb, doc_emb]).astype(np.float64)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = _unit(np.concatenate([query_emb, doc_emb]))
     tower = np.repeat([0, 1], [len(query_emb), len(doc_emb)])
     sim = x @ x.T
     np.fill_diagonal(sim, -np.inf)
@@ -135,11 +139,7 @@ def tower_separation(query_emb, doc_emb, k=10):
 
 def centroid_distance(query_emb, doc_emb):
     """Euclidean distance between the mean unit query and the mean unit document."""
-    def unit(x):
-        x = np.asarray(x, np.float64)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-    return float(np.linalg.norm(unit(query_emb).mean(0) - unit(doc_emb).mean(0)))
+    return float(np.linalg.norm(_unit(query_emb).mean(0) - _unit(doc_emb).mean(0)))
 
 
 def space_report(query_emb, doc_emb):
@@ -659,7 +659,7 @@ def main(argv=None):
         sys.argv[1:] if argv is None else list(argv)))
     embeddings_file = embeddings_path(args.cache_dir, args.quick)
     for path in args.merge:
-        merge_into(result, path, embeddings_file)
+        merge_into(result, path)
     if not args.report:
         for study in args.study:
             settings = {k: getattr(args, k) for k in STUDY_SETTINGS[study]}
@@ -713,7 +713,7 @@ def main(argv=None):
     return 0
 
 
-def merge_into(result, path, embeddings_file):
+def merge_into(result, path):
     """Adds the runs of another output of this script (for studies run side by side, each
     into its own file); a study's settings must agree."""
     with open(path, encoding="utf-8") as f:
@@ -727,11 +727,6 @@ def merge_into(result, path, embeddings_file):
     result["runs"] += [r for r in other["runs"] if run_key(r) not in known]
     result["zero_shot"].update(other.get("zero_shot", {}))
     result["commands"] += [c for c in other.get("commands", []) if c not in result["commands"]]
-    theirs = os.path.splitext(path)[0] + ".npz"
-    if os.path.exists(theirs):  # a --cache-dir beside that output
-        stored = dict(np.load(embeddings_file)) if os.path.exists(embeddings_file) else {}
-        stored.update(dict(np.load(theirs)))
-        np.savez_compressed(embeddings_file, **stored)
 
 
 def run_study1(args, result, save, pairs, eval_data, embeddings_file):
