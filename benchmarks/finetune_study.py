@@ -43,7 +43,7 @@ ARCHITECTURES = ("sde", "ade-spl", "ade")
 
 def load(path, eval_queries, seed=0):
     from samtone_tf import data as data_lib
-    from samtone_tf import reqa
+    from samtone_tf.data import reqa
 
     train_json, dev_json = reqa.split_by_article(path, 0.2, 0)
     corpus, queries, qrels = reqa.build_reqa(train_json)
@@ -60,7 +60,8 @@ def load(path, eval_queries, seed=0):
 def run_one(variant, architecture, seed, steps, pairs, eval_data, args, evaluate_before=False):
     import samtone_tf
     from samtone_tf import data as data_lib
-    from samtone_tf import evaluation, pretrained
+    from samtone_tf import evaluation
+    from samtone_tf.towers import pretrained
     from samtone_tf._keras import keras
     from samtone_tf.training import TrainConfig, learning_rate_schedule
 

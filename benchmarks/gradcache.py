@@ -71,7 +71,8 @@ def child(args):
 
     import samtone_tf
     from samtone_tf import data as data_lib
-    from samtone_tf import pretrained, reqa
+    from samtone_tf.towers import pretrained
+    from samtone_tf.data import reqa
     from samtone_tf._keras import keras
     from samtone_tf.precision import resolve_precision
 

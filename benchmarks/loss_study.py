@@ -33,7 +33,7 @@ Loss variants (``SamToNeLoss`` arguments; temperature 0.05 everywhere, duplicate
 ``gte-joint``         ``same_tower="both", bidirectional=True, partition="joint"`` (GTE)
 ====================  =========================================================================
 
-Mining (ANCE/DANCE): :class:`samtone_tf.mining.HardNegativeMiner` mines the top non-positive
+Mining (ANCE/DANCE): :class:`samtone_tf.training.mining.HardNegativeMiner` mines the top non-positive
 corpus document of every training query and the top non-paired training query of every
 positive document from the *current* projections, before the first step and then every
 ``--refresh-every`` steps (the frozen features make a refresh cheap: the cost is the search).
@@ -46,7 +46,7 @@ Seeds change the batch order (the projections start at the identity). Results: m
 over seeds, and the paired difference to in-batch on the same seeds (same batches).
 
 Outputs: ``--output`` JSON (every run, every setting, the sweep) and a markdown table beside it
-(``.md``), also printed. ``--figures DIR`` writes ``samtone_tf.analysis.analyze`` figures
+(``.md``), also printed. ``--figures DIR`` writes ``samtone_tf.evaluation.analysis.analyze`` figures
 (t-SNE by tower, top-1 similarity and same-tower ratio histograms, ``analysis.json``) for the
 ADE in-batch and ADE SamToNe models of seed 0.
 """
@@ -86,7 +86,8 @@ def load_study_data(dataset, data_path, quick, seed=0):
     """``dict`` with ``pairs`` (training (qid, qtext, did, dtext)), ``train_corpus`` (the
     mining corpus), ``train_qrels``, ``eval`` ((corpus, queries, qrels)) and ``description``."""
     from samtone_tf import data as data_lib
-    from samtone_tf import evaluation, reqa
+    from samtone_tf import evaluation
+    from samtone_tf.data import reqa
 
     rng = np.random.default_rng(seed)
     if dataset == "reqa":
@@ -143,7 +144,8 @@ class FeatureCache:
     def _encoders(self):
         if self._fns is None:
             import samtone_tf
-            from samtone_tf import evaluation, pretrained
+            from samtone_tf import evaluation
+            from samtone_tf.towers import pretrained
 
             qt, dt, spec = pretrained.dual_encoder_components(
                 "minilm-l6", query_max_length=self.lengths[0],
@@ -153,7 +155,7 @@ class FeatureCache:
         return self._fns
 
     def get(self, texts, kind):
-        from samtone_tf import retrieval
+        from samtone_tf.evaluation import retrieval
 
         length = self.lengths[0 if kind == "query" else 1]
         digest = hashlib.sha256(json.dumps([kind, length, "minilm-l6", texts]).encode()).hexdigest()
@@ -224,8 +226,8 @@ def project(features, kernel):
 class Study:
     def __init__(self, dataset, data, cache, *, batch_size, temperature, refresh_every,
                  eval_pairs=500):
-        from samtone_tf import analysis
-        from samtone_tf.mining import HardNegativeMiner
+        from samtone_tf.evaluation import analysis
+        from samtone_tf.training.mining import HardNegativeMiner
 
         self.dataset, self.data = dataset, data
         self.batch_size, self.temperature = batch_size, temperature
@@ -258,7 +260,8 @@ class Study:
     # evaluation of projections given as kernels (None: identity = the pretrained model)
     def evaluate(self, kernels=None, query_features=None, doc_features=None, query_ids=None,
                  doc_ids=None, qrels=None):
-        from samtone_tf import analysis, retrieval
+        from samtone_tf.evaluation import analysis
+        from samtone_tf.evaluation import retrieval
 
         eye = np.eye(self.dim, dtype=np.float32)
         kq, kd = kernels or (eye, eye)
@@ -418,8 +421,8 @@ def markdown(rows, zero_shot, dataset, settings):
 
 
 def figures(study, kernels_by_label, output_dir):
-    """``samtone_tf.analysis.analyze`` on the evaluation pairs for the given projections."""
-    from samtone_tf import analysis
+    """``samtone_tf.evaluation.analysis.analyze`` on the evaluation pairs for the given projections."""
+    from samtone_tf.evaluation import analysis
 
     corpus, queries, _ = study.data["eval"]
     q_row = {queries[q]: i for i, q in enumerate(study.eval_query_ids)}

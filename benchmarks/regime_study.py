@@ -86,7 +86,7 @@ def load_split(path, quick):
     ``quick``: 384 training pairs and 60 held-out questions against their sentences plus 240
     others (seeded), for a smoke run."""
     from samtone_tf import data as data_lib
-    from samtone_tf import reqa
+    from samtone_tf.data import reqa
 
     train_json, dev_json = reqa.split_by_article(path, 0.2, 0)
     corpus, queries, qrels = reqa.build_reqa(train_json)
@@ -143,7 +143,7 @@ def centroid_distance(query_emb, doc_emb):
 
 
 def space_report(query_emb, doc_emb):
-    from samtone_tf import analysis
+    from samtone_tf.evaluation import analysis
 
     report = analysis.embedding_report(query_emb, doc_emb)
     keep = ("alignment", "uniformity_all", "top1_similarity_mean", "same_tower_ratio_mean",
@@ -155,7 +155,7 @@ def space_report(query_emb, doc_emb):
 
 
 def analysis_pairs(eval_data, max_pairs):
-    from samtone_tf import analysis
+    from samtone_tf.evaluation import analysis
 
     corpus, queries, qrels = eval_data
     pairs = analysis.sample_pairs(corpus, queries, qrels, max_pairs=max_pairs, seed=0)
@@ -186,7 +186,7 @@ def study1_model(architecture, init, seed, args, vocabulary_size):
     """The untrained model of one study-1 cell: the random draws depend on ``seed`` only."""
     import samtone_tf
     from samtone_tf._keras import keras
-    from samtone_tf.encoders import KerasHubEncoder
+    from samtone_tf.towers.encoders import KerasHubEncoder
 
     keras.utils.set_random_seed(seed)
     first = small_backbone(args, vocabulary_size)
@@ -201,7 +201,7 @@ def study1_model(architecture, init, seed, args, vocabulary_size):
 
 class Study1:
     def __init__(self, args, pairs, eval_data):
-        from samtone_tf import pretrained
+        from samtone_tf.towers import pretrained
 
         self.args, self.pairs, self.eval_data = args, pairs, eval_data
         minilm = pretrained.load_pretrained("pretrained:minilm-l6")
@@ -299,7 +299,8 @@ def study2_finetune(args, runs, save, pairs, eval_data):
     """Whole-encoder fine-tuning at batch 32 and 256 over the same number of pairs."""
     import samtone_tf
     from samtone_tf import data as data_lib
-    from samtone_tf import evaluation, pretrained
+    from samtone_tf import evaluation
+    from samtone_tf.towers import pretrained
     from samtone_tf._keras import keras
     from samtone_tf.training import TrainConfig, learning_rate_schedule
 
@@ -352,7 +353,7 @@ def study3(args, runs, save, zero_shot):
     steps = args.study3_steps
     data = args.data
     if args.quick:  # five articles: four train, one is held out
-        from samtone_tf import reqa
+        from samtone_tf.data import reqa
 
         squad = reqa.load_squad_json(args.data)
         squad = dict(squad, data=squad["data"][:5])
@@ -483,7 +484,7 @@ def embeddings_path(cache_dir, quick):
 def figures(result, figure_dir, embeddings_file):
     """Curves (study 1), t-SNE and same-tower ratio histograms (study 1, seed 0), and the
     paired MRR gain against the batch size (study 2)."""
-    from samtone_tf import analysis
+    from samtone_tf.evaluation import analysis
 
     plt = analysis._pyplot()
     os.makedirs(figure_dir, exist_ok=True)

@@ -588,7 +588,10 @@ def main(argv=None):
 
     import samtone_tf
     from samtone_tf import data as data_lib
-    from samtone_tf import evaluation, pretrained, reqa, retrieval
+    from samtone_tf import evaluation
+    from samtone_tf.towers import pretrained
+    from samtone_tf.data import reqa
+    from samtone_tf.evaluation import retrieval
     from samtone_tf._keras import keras
     from samtone_tf.precision import precision_scope, resolve_precision
 

@@ -1,4 +1,5 @@
-"""The ``samtone-tf`` command line: ``train``, ``evaluate``, ``export``, ``analyze``, ``info``."""
+"""The ``samtone-tf`` command line: ``train``, ``evaluate``, ``export``, ``analyze``,
+``download``, ``info``."""
 
 import argparse
 import contextlib
@@ -8,14 +9,25 @@ import os
 import sys
 import time
 
+import tensorflow as tf
+
+import samtone_tf
+from samtone_tf.data import download as download_lib
+from samtone_tf.data.formats import format_names, get_format
+from samtone_tf.data.pairs import PADDINGS
+from samtone_tf.data.text import refuse_empty_text
+from samtone_tf.evaluation import analysis
+from samtone_tf.evaluation import run as evaluation
+from samtone_tf.export import export_dual_encoder, export_index
+from samtone_tf.precision import (CPU_BF16_FLAGS, PRECISIONS, cpu_flags, precision_scope,
+                                  resolve_precision)
+from samtone_tf.towers import pretrained
+from samtone_tf.training import run as training
+from samtone_tf.training import strategy as strategy_lib
+from samtone_tf.training.resilience import NonFiniteLossError
+
 
 def _info(args):
-    import tensorflow as tf
-
-    import samtone_tf
-    from samtone_tf import strategy as strategy_lib
-    from samtone_tf.precision import CPU_BF16_FLAGS, cpu_flags, resolve_precision
-
     info = {
         "samtone_tf": samtone_tf.__version__,
         "tensorflow": tf.__version__,
@@ -44,12 +56,10 @@ def _write_json(path, payload):
 
 def _split(args):
     """The split named on the command line, else the format's default (BEIR test, ReQA all)."""
-    return args.split or ("test" if args.format == "beir" else "all")
+    return args.split or get_format(args.format).default_split
 
 
 def _evaluate(args):
-    from samtone_tf import evaluation
-
     split = _split(args)
     corpus, queries, qrels = evaluation.load_eval_data(
         args.data, args.format, split, dev_fraction=args.dev_fraction, seed=args.seed)
@@ -72,26 +82,19 @@ def _evaluate(args):
 
 
 def _export(args):
-    import samtone_tf
-    from samtone_tf.export import export_dual_encoder, export_index
-
-    if not args.model.startswith("pretrained:"):
+    name = pretrained.pretrained_name(args.model)
+    if name is None:
         raise SystemExit("samtone-tf export: --model must be 'pretrained:<name>' (a trained "
                          "model is exported by `samtone-tf train` into <output_dir>/export).")
-    from samtone_tf import pretrained
-    from samtone_tf.precision import precision_scope
-
     with precision_scope(args.precision) as precision:
         query_tok, doc_tok, spec = pretrained.dual_encoder_components(
-            args.model[len("pretrained:"):], query_max_length=args.query_max_length,
+            name, query_max_length=args.query_max_length,
             document_max_length=args.document_max_length)
         model = samtone_tf.DualEncoder(spec, architecture="sde", pooling="mean")
     path = export_dual_encoder(model, query_tok, doc_tok, args.output, overwrite=args.overwrite)
     print(f"wrote {path} (signatures: query_encoder, document_encoder; input `text`; "
           f"computes in {precision}, returns float32 embeddings)")
     if args.index_data:
-        from samtone_tf import evaluation
-
         corpus, _, _ = evaluation.load_eval_data(args.index_data, args.format, _split(args))
         index_dir = args.index_output or os.path.join(args.output, "..",
                                                       os.path.basename(args.output) + "_index")
@@ -118,8 +121,6 @@ def _parse_model_flags(values):
 
 def _analyze(args):
     models = _parse_model_flags(args.model)
-    from samtone_tf import analysis, evaluation
-
     split = _split(args)
     corpus, queries, qrels = evaluation.load_eval_data(
         args.data, args.format, split, dev_fraction=args.dev_fraction, seed=args.split_seed)
@@ -147,17 +148,22 @@ def _analyze(args):
 
 
 def _train(args):
-    from samtone_tf.training import TrainConfig, train
-
-    config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    config = (training.TrainConfig.from_file(args.config) if args.config
+              else training.TrainConfig())
     overrides = {}
-    for field in dataclasses.fields(TrainConfig):
+    for field in dataclasses.fields(training.TrainConfig):
         value = getattr(args, field.name, None)
         if value is not None:
             overrides[field.name] = value
     config = dataclasses.replace(config, **overrides)
-    summary = train(config, verbose=0 if args.quiet else 1)
+    summary = training.train(config, verbose=0 if args.quiet else 1)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    return 0
+
+
+def _download(args):
+    path = download_lib.download_dataset(args.name, args.to, progress=not args.quiet)
+    print(f"{args.name}: {path} (checksums verified)")
     return 0
 
 
@@ -171,14 +177,10 @@ def _bool(text):
 
 
 def _add_train_flags(parser):
-    from samtone_tf.training import TrainConfig
-
-    from samtone_tf.data import PADDINGS
-    from samtone_tf.precision import PRECISIONS
-
     types = {bool: _bool, int: int, float: float, str: str}
-    choices = {"precision": PRECISIONS, "padding": PADDINGS}
-    for field in dataclasses.fields(TrainConfig):
+    choices = {"precision": PRECISIONS, "padding": PADDINGS, "format": format_names(),
+               "eval_format": format_names()}
+    for field in dataclasses.fields(training.TrainConfig):
         kind = type(field.default) if field.default is not None else next(
             (t for t in (int, float) if t.__name__ in str(field.type)), str)
         parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name,
@@ -195,14 +197,10 @@ def _empty_text_policy(args):
     """``--strict``: the data loaders refuse empty texts, as ``strict_text=True`` does."""
     if not getattr(args, "strict", False):
         return contextlib.nullcontext()
-    from samtone_tf.data import refuse_empty_text
-
     return refuse_empty_text()
 
 
 def _add_precision_flag(parser, what):
-    from samtone_tf.precision import PRECISIONS
-
     parser.add_argument(
         "--precision", default="auto", choices=PRECISIONS,
         help=f"compute precision of {what} (default auto: bfloat16 on TPUs, GPUs of "
@@ -225,7 +223,7 @@ def build_parser():
     ev.add_argument("--model", required=True,
                     help="'pretrained:minilm-l6' or a SavedModel folder from `export`/`train`")
     ev.add_argument("--data", required=True, help="BEIR folder or SQuAD v1.1 JSON file")
-    ev.add_argument("--format", required=True, choices=["beir", "squad"])
+    ev.add_argument("--format", required=True, choices=format_names())
     ev.add_argument("--split", default=None,
                     help="BEIR qrels split (default test); squad: all (default), train or dev")
     ev.add_argument("--dev-fraction", type=float, default=0.2,
@@ -251,7 +249,7 @@ def build_parser():
     ex.add_argument("--overwrite", action="store_true")
     ex.add_argument("--index-data", default=None,
                     help="also export a top-k index over this corpus (BEIR folder or SQuAD JSON)")
-    ex.add_argument("--format", default="beir", choices=["beir", "squad"])
+    ex.add_argument("--format", default="beir", choices=format_names())
     ex.add_argument("--split", default=None)
     ex.add_argument("--index-output", default=None)
     ex.add_argument("--k", type=int, default=100)
@@ -266,7 +264,7 @@ def build_parser():
                     help="repeatable; SPEC is 'pretrained:minilm-l6' or a SavedModel folder "
                          "from `export`/`train`")
     an.add_argument("--data", required=True, help="BEIR folder or SQuAD v1.1 JSON file")
-    an.add_argument("--format", default="beir", choices=["beir", "squad"])
+    an.add_argument("--format", default="beir", choices=format_names())
     an.add_argument("--split", default=None,
                     help="BEIR qrels split (default test); squad: all (default), train or dev")
     an.add_argument("--dev-fraction", type=float, default=0.2,
@@ -290,6 +288,14 @@ def build_parser():
                             "precision it was exported in)")
     an.set_defaults(func=_analyze)
 
+    dl = sub.add_parser("download", help="download a data set from its official home and "
+                                         "verify its checksums")
+    dl.add_argument("name", choices=sorted(download_lib.DATASETS))
+    dl.add_argument("--to", required=True, help="folder to download (and extract) into; a "
+                                                "verified earlier download there is reused")
+    dl.add_argument("--quiet", action="store_true", help="no progress bar")
+    dl.set_defaults(func=_download)
+
     tr = sub.add_parser("train", help="fine-tune, evaluate and export (config file + flags)")
     tr.add_argument("--config", default=None, help="JSON file of TrainConfig settings")
     tr.add_argument("--quiet", action="store_true")
@@ -304,12 +310,11 @@ def main(argv=None):
     try:
         with _empty_text_policy(args):
             return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError,
+            download_lib.DownloadError) as error:
         print(f"samtone-tf {args.command}: error: {error}", file=sys.stderr)
         return 2
     except RuntimeError as error:
-        from samtone_tf.resilience import NonFiniteLossError
-
         if not isinstance(error, NonFiniteLossError):
             raise
         print(f"samtone-tf {args.command}: training stopped: {error}", file=sys.stderr)

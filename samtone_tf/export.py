@@ -21,7 +21,7 @@ but ``tensorflow`` and ``tensorflow_text`` (no samtone_tf, no Keras, no keras-hu
   Under Keras 2 (``TF_USE_LEGACY_KERAS=1``) the index is TFRS's
   ``tfrs.layers.factorized_top_k.BruteForce``; under Keras 3, where tensorflow-recommenders
   refuses to import, an equivalent pure-TF exact top-k. Both rank exactly like
-  :func:`samtone_tf.retrieval.search` (ties: the earlier corpus row first).
+  :func:`samtone_tf.evaluation.retrieval.search` (ties: the earlier corpus row first).
 
 The tokenizer's WordPiece / normalisation ops come from tensorflow-text: a process must
 ``import tensorflow_text`` before ``tf.saved_model.load``. :func:`load_exported` does that
@@ -32,18 +32,24 @@ renamed into place, so ``output_dir`` is either absent, the old export (``overwr
 with a failure) or complete. An existing ``output_dir`` is an error unless
 ``overwrite=True``.
 
-This module imports only the standard library, NumPy and TensorFlow at import time
-(samtone_tf pieces lazily), so :func:`load_exported` can be vendored into a serving
-process by copying this file.
+Loading needs only :mod:`samtone_tf.serving` (standard library and TensorFlow), which a
+serving process can vendor by copying that one file; :func:`load_exported` and
+:func:`read_export_metadata` are importable from here as well.
 """
 
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
+
+from samtone_tf._keras import KERAS_VERSION
+from samtone_tf._util import atomic_directory, check_positive_int, l2_normalize
+from samtone_tf.data.pairs import trim_to_longest
+from samtone_tf.precision import current_precision
+from samtone_tf.serving import (DOCUMENT_SIGNATURE, EXPORT_METADATA_FILE, INDEX_SIGNATURE,
+                                QUERY_SIGNATURE, load_exported, read_export_metadata)
+from samtone_tf.towers.embedders import encode_corpus
 
 __all__ = [
     "export_dual_encoder",
@@ -57,54 +63,7 @@ __all__ = [
     "INDEX_SIGNATURE",
 ]
 
-QUERY_SIGNATURE = "query_encoder"
-DOCUMENT_SIGNATURE = "document_encoder"
-INDEX_SIGNATURE = "serving_default"
-#: JSON description written beside the SavedModel (``assets.extra`` is ignored by loaders).
-EXPORT_METADATA_FILE = os.path.join("assets.extra", "samtone_tf_export.json")
-
 _TEXT_SPEC = tf.TensorSpec([None], tf.string, name="text")
-
-_TF_TEXT_MISSING = (
-    "Loading a samtone_tf export needs the `tensorflow-text` package: the exported "
-    "tokenizer uses its ops (NormalizeUTF8, RegexSplitWithOffsets, WordpieceTokenizeWithOffsets), "
-    "which are registered by `import tensorflow_text`. Install the release matching your "
-    "TensorFlow ({tf_version}), e.g. `pip install \"tensorflow-text=={minor}.*\"`, and "
-    "`import tensorflow_text` before `tf.saved_model.load`."
-)
-
-
-def _tf_text_message():
-    minor = ".".join(tf.__version__.split(".")[:2])
-    return _TF_TEXT_MISSING.format(tf_version=tf.__version__, minor=minor)
-
-
-def load_exported(path):
-    """Loads a SavedModel written by :func:`export_dual_encoder` or :func:`export_index`.
-
-    Imports ``tensorflow_text`` first (it registers the tokenizer's ops), then
-    ``tf.saved_model.load(path)``. Keep the returned object referenced while using its
-    functions (``load_exported(p).query_encoder(...)`` on a temporary fails: the object and
-    its variables are freed first).
-
-    Raises:
-      ImportError: tensorflow-text is not installed (the message says how to install it).
-      RuntimeError: an op of the SavedModel is still not registered (a tensorflow-text
-        release that does not match TensorFlow); the message names tensorflow-text.
-    """
-    try:
-        import tensorflow_text  # noqa: F401  (registers the tokenizer's custom ops)
-    except ImportError as error:
-        raise ImportError(_tf_text_message()) from error
-    try:
-        return tf.saved_model.load(os.fspath(path))
-    except (tf.errors.NotFoundError, ValueError) as error:
-        if "not registered" in str(error) or "Op type not registered" in str(error):
-            raise RuntimeError(
-                f"{error}\n\n{_tf_text_message()} (tensorflow-text is imported, but its ops "
-                "do not match this SavedModel: check that its version matches TensorFlow's.)"
-            ) from error
-        raise
 
 
 # ------------------------------------------------------------------------ atomic writes
@@ -127,32 +86,16 @@ def _check_output_dir(output_dir, overwrite):
 def _atomic_save(module, output_dir, overwrite, signatures, metadata):
     """tf.saved_model.save into a temporary sibling, then rename into ``output_dir``."""
     output_dir = _check_output_dir(output_dir, overwrite)
-    parent, name = os.path.split(output_dir)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-    backup = None
     try:
-        tf.saved_model.save(module, tmp, signatures=signatures)
-        meta_path = os.path.join(tmp, EXPORT_METADATA_FILE)
-        os.makedirs(os.path.dirname(meta_path), exist_ok=True)
-        with open(meta_path, "w", encoding="utf-8") as f:
-            json.dump(metadata, f, indent=2, sort_keys=True)
-        if os.path.lexists(output_dir):
-            if not overwrite:  # appeared while we were writing
-                raise FileExistsError(
-                    f"output_dir {output_dir!r} already exists; pass overwrite=True to replace it."
-                )
-            backup = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
-            os.rmdir(backup)
-            os.rename(output_dir, backup)
-        os.rename(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if backup is not None and not os.path.lexists(output_dir):
-            os.rename(backup, output_dir)
-            backup = None
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+        with atomic_directory(output_dir, exists="replace" if overwrite else "error") as tmp:
+            tf.saved_model.save(module, tmp, signatures=signatures)
+            meta_path = os.path.join(tmp, EXPORT_METADATA_FILE)
+            with open(meta_path, "w", encoding="utf-8") as f:
+                json.dump(metadata, f, indent=2, sort_keys=True)
+    except FileExistsError:  # appeared while we were writing
+        raise FileExistsError(
+            f"output_dir {output_dir!r} already exists; pass overwrite=True to replace it."
+        ) from None
     return output_dir
 
 
@@ -177,8 +120,6 @@ class _EncoderModule(tf.Module):
         self.document_tokenizer = document_tokenizer
         # The model is reached only through the closures below, never as an attribute:
         # tracking it would make tf.saved_model.save serialise Keras objects.
-        from samtone_tf.data import trim_to_longest
-
         # Each batch is cut to its longest text: the towers mask padding, so this changes
         # the embeddings only by float rounding and saves the work on padding.
         @tf.function(input_signature=[_TEXT_SPEC])
@@ -225,29 +166,9 @@ def _check_tokenizer(tokenizer, what):
 
 def _model_precision(model):
     """What the towers compute in (``DualEncoder.compute_precision``; else the policy's)."""
-    from samtone_tf.precision import current_precision
-
     if not hasattr(model, "encode_queries"):  # a loaded export: it does not say
         return None
     return getattr(model, "compute_precision", None) or current_precision()
-
-
-def read_export_metadata(path):
-    """The ``assets.extra/samtone_tf_export.json`` of an export (``{}`` where it is absent)."""
-    meta_path = os.path.join(os.fspath(path), EXPORT_METADATA_FILE)
-    if not os.path.isfile(meta_path):
-        return {}
-    with open(meta_path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _keras_version():
-    try:
-        from samtone_tf._keras import KERAS_VERSION
-
-        return KERAS_VERSION
-    except Exception:  # pragma: no cover - metadata only
-        return None
 
 
 def export_dual_encoder(model, query_tokenizer, document_tokenizer=None, output_dir=None, *,
@@ -312,7 +233,7 @@ def export_dual_encoder(model, query_tokenizer, document_tokenizer=None, output_
         "document_max_length": getattr(document_tokenizer, "max_length", None),
         "architecture": getattr(model, "architecture", None),
         "precision": _model_precision(model),
-        "keras_version": _keras_version(),
+        "keras_version": KERAS_VERSION,
         "tensorflow_version": tf.__version__,
     }
     return _atomic_save(module, output_dir, overwrite, module.signatures(), metadata)
@@ -339,11 +260,6 @@ def tfrs_usable():
             f"{type(e).__name__}: {e}. Fix or uninstall it, or export with backend='tf'."
         ) from e
     return True
-
-
-def _l2_normalize_np(x):
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, np.finfo(x.dtype).tiny)
 
 
 class _ExactTopK(tf.Module):
@@ -440,7 +356,7 @@ def export_index(export_dir_or_model, corpus_ids, corpus_texts, output_dir, k=10
     embeddings. Signature ``serving_default`` (and the restored attribute ``search``):
     ``text`` string ``[N]`` -> ``{"scores": float32 [N, k'], "ids": string [N, k']}``
     with ``k' = min(k, num_docs)``, scores descending; equal to
-    ``samtone_tf.retrieval.search(queries, [corpus], k, normalize=normalize)`` on the same
+    ``samtone_tf.evaluation.retrieval.search(queries, [corpus], k, normalize=normalize)`` on the same
     embeddings (ids = ``corpus_ids[indices]``; ties: the earlier corpus row first).
 
     Args:
@@ -470,10 +386,8 @@ def export_index(export_dir_or_model, corpus_ids, corpus_texts, output_dir, k=10
         error other than ImportError (``backend`` ``"auto"`` or ``"tfrs"``).
       FileExistsError: ``output_dir`` exists and ``overwrite`` is False.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    check_positive_int(k, "k")
+    check_positive_int(batch_size, "batch_size")
     if backend not in ("auto", "tfrs", "tf"):
         raise ValueError(f"backend must be 'auto', 'tfrs' or 'tf'; got {backend!r}.")
     corpus_ids = [str(i) for i in corpus_ids]
@@ -495,14 +409,12 @@ def export_index(export_dir_or_model, corpus_ids, corpus_texts, output_dir, k=10
     holder, query_fn, document_fn = _encoder_functions(
         export_dir_or_model, query_tokenizer, document_tokenizer
     )
-    from samtone_tf.retrieval import encode_corpus
-
     embeddings = encode_corpus(
         lambda texts: document_fn(tf.constant(texts, dtype=tf.string)),
         corpus_texts, batch_size, progress=False,
     ).astype(np.float32)
     if normalize:
-        embeddings = _l2_normalize_np(embeddings)
+        embeddings = l2_normalize(embeddings)
     top = min(int(k), len(corpus_texts))
     identifiers = np.array(corpus_ids, dtype=object)
     if backend == "tfrs":
@@ -522,7 +434,7 @@ def export_index(export_dir_or_model, corpus_ids, corpus_texts, output_dir, k=10
         "precision": (read_export_metadata(export_dir_or_model).get("precision", "float32")
                       if isinstance(export_dir_or_model, (str, os.PathLike))
                       else _model_precision(export_dir_or_model)),
-        "keras_version": _keras_version(),
+        "keras_version": KERAS_VERSION,
         "tensorflow_version": tf.__version__,
     }
     return _atomic_save(

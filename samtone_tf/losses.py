@@ -10,6 +10,7 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
+from samtone_tf import keys
 from samtone_tf._keras import IS_KERAS3, keras, register_serializable
 from samtone_tf.distribute import gather_global_batch
 
@@ -470,7 +471,7 @@ class SamToNeLoss(keras.losses.Loss):
         if self.mask_duplicates:
             y_true = _checked_labels(y_true, y_pred)
             labels = tf.cast(tf.round(tf.cast(y_true, tf.float64)), tf.int64)
-            ids = dict(query_ids=labels[:, 0], document_ids=labels[:, 1])
+            ids = {keys.QUERY_IDS: labels[:, 0], keys.DOCUMENT_IDS: labels[:, 1]}
             width = y_true.shape[1]
             if width is None or width > 2:  # one id per slot: the hard negatives' ids too
                 slot_ids = labels
@@ -482,9 +483,9 @@ class SamToNeLoss(keras.losses.Loss):
                             [tf.shape(labels)[0], tf.shape(y_pred)[1] - 2], labels.dtype.min)],
                             axis=1))
                 if has_hard_docs:
-                    ids["hard_negative_document_ids"] = slot_ids[:, 2:end]
+                    ids[keys.HARD_NEGATIVE_DOCUMENT_IDS] = slot_ids[:, 2:end]
                 if hq_count:
-                    ids["hard_negative_query_ids"] = slot_ids[:, end:]
+                    ids[keys.HARD_NEGATIVE_QUERY_IDS] = slot_ids[:, end:]
         elif y_true is not None:
             _batch_matches(tf.convert_to_tensor(y_true), y_pred)
         return contrastive_loss(

@@ -3,7 +3,7 @@
 ``tiny_backbone()`` is a random keras-hub ``BertBackbone`` (a Keras 3 model; keras-hub
 imports in both generations' processes, but its backbone only trains inside Keras 3 models).
 ``tiny_tfhub_encoder_path(dir)`` exports one in TF-Hub BERT layout, which both generations
-load and fine-tune through ``samtone_tf.encoders.TFHubEncoder``.
+load and fine-tune through ``samtone_tf.towers.encoders.TFHubEncoder``.
 """
 
 import os
@@ -35,7 +35,7 @@ def tiny_backbone(seed=0, dropout=0.0):
 def tiny_tfhub_encoder_path(directory, seed=0, precision="float32", dropout=0.0):
     """Exports a tiny backbone in TF-Hub layout under ``directory`` (once) and returns it;
     the SavedModel computes in ``precision`` with dropout rate ``dropout``."""
-    from samtone_tf.encoders import export_tfhub_layout
+    from samtone_tf.towers.encoders import export_tfhub_layout
 
     suffix = "" if precision == "float32" else "_" + precision
     suffix += f"_dropout{dropout:g}" if dropout else ""

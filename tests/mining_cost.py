@@ -10,8 +10,8 @@ NUM_DOCS). Prints the second refresh's timing (the first one traces the encoders
 import sys
 import tempfile
 
-from samtone_tf.mining import HardNegativeMiner
-from samtone_tf.model import DualEncoder
+from samtone_tf.training.mining import HardNegativeMiner
+from samtone_tf.towers.model import DualEncoder
 from tests import mining_worker
 
 

@@ -29,7 +29,7 @@ def scifact_slice(num_queries=40, num_other_docs=200):
 
 
 def tokenizers(directory, corpus, pairs, query_length=16, document_length=32):
-    from samtone_tf.tokenization import BertTextTokenizer, build_wordpiece_vocab
+    from samtone_tf.data.tokenization import BertTextTokenizer, build_wordpiece_vocab
     from tests import _tiny
 
     vocab = os.path.join(directory, "vocab.txt")
@@ -59,8 +59,8 @@ def fit_with_mining(directory, strategy=None, *, steps=4, every=2, batch_size=8,
 
     from samtone_tf import SamToNeLoss
     from samtone_tf._keras import keras
-    from samtone_tf.mining import HardNegativeMiner, HardNegativeMiningCallback
-    from samtone_tf.model import DualEncoder
+    from samtone_tf.training.mining import HardNegativeMiner, HardNegativeMiningCallback
+    from samtone_tf.towers.model import DualEncoder
 
     strategy = strategy or tf.distribute.get_strategy()
     corpus, qrels, pairs = scifact_slice()
@@ -147,8 +147,8 @@ def refresh_equals_one_device(directory, strategy):
     import tensorflow as tf
 
     from samtone_tf._keras import keras
-    from samtone_tf.mining import HardNegativeMiner
-    from samtone_tf.model import DualEncoder
+    from samtone_tf.training.mining import HardNegativeMiner
+    from samtone_tf.towers.model import DualEncoder
 
     corpus, qrels, pairs = scifact_slice()
     toks = tokenizers(directory, corpus, pairs)
@@ -165,7 +165,7 @@ def refresh_equals_one_device(directory, strategy):
         strategy.run(lambda: model(features))
         miners[0].refresh(model)
     # the reference: the same model encodes every text on one device
-    from samtone_tf import retrieval
+    from samtone_tf.evaluation import retrieval
     from samtone_tf.evaluation import dual_encoder_fns
 
     query_fn, document_fn = dual_encoder_fns(model, *toks)
@@ -194,7 +194,7 @@ def main(argv):
         cpus[0], [tf.config.LogicalDeviceConfiguration()] * replicas)
     strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
     result = fit_with_mining(directory, strategy)
-    from samtone_tf.mining import HardNegativeMiner
+    from samtone_tf.training.mining import HardNegativeMiner
 
     corpus, qrels, pairs = scifact_slice()
     miner = HardNegativeMiner(pairs, corpus, tokenizers(directory, corpus, pairs), qrels=qrels,

@@ -1,4 +1,4 @@
-"""samtone_tf.analysis: every statistic against an explicit loop over pairs, known values,
+"""samtone_tf.evaluation.analysis: every statistic against an explicit loop over pairs, known values,
 the near-zero-denominator rule of the same-tower ratios, t-SNE, the PNG figures, the
 matplotlib backend rule, ``analyze`` and ``samtone-tf analyze`` (the real all-MiniLM-L6-v2 on
 SciFact pairs, cross-checked against direct calls) and bad input.
@@ -18,7 +18,9 @@ import zlib
 import numpy as np
 import pytest
 
-from samtone_tf import analysis, cli, pretrained
+from samtone_tf import cli
+from samtone_tf.evaluation import analysis
+from samtone_tf.towers import pretrained
 from samtone_tf.precision import resolve_precision
 from tests._requirements import MINILM_HINT, needs, require_data
 

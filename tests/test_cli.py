@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from samtone_tf import cli, data as data_lib, evaluation, retrieval
-from samtone_tf.tokenization import build_wordpiece_vocab
+from samtone_tf import cli, data as data_lib, evaluation
+from samtone_tf.evaluation import retrieval
+from samtone_tf.data.tokenization import build_wordpiece_vocab
 from tests import _tiny
 from tests._requirements import require_data
 

@@ -16,7 +16,7 @@ from samtone_tf.data import (
     refuse_empty_text,
     training_pairs_from_qrels,
 )
-from samtone_tf.tokenization import BertTextTokenizer, build_wordpiece_vocab
+from samtone_tf.data.tokenization import BertTextTokenizer, build_wordpiece_vocab
 from tests._requirements import needs_data
 
 SCIFACT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "scifact"))
@@ -326,7 +326,7 @@ def test_pair_dataset_argument_errors(tokenizers, monkeypatch):
         make_pair_dataset(PAIRS, qtok, 0)
     with pytest.raises(ValueError, match="pair 0 has 3 fields"):
         make_pair_dataset([("a", "b", "c")], qtok, 1)
-    import samtone_tf.data as data_module
+    import samtone_tf.data.pairs as data_module
 
     monkeypatch.setattr(data_module, "MAX_EXACT_FLOAT32_ID", 3)  # 4 distinct query ids > 3
     with pytest.raises(ValueError, match="4 distinct query ids exceed"):

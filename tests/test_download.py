@@ -1,4 +1,4 @@
-"""Tests for samtone_tf.download against a local HTTP server on 127.0.0.1 (no internet)."""
+"""Tests for samtone_tf.data.download against a local HTTP server on 127.0.0.1 (no internet)."""
 
 import hashlib
 import http.server
@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 from samtone_tf.data import load_beir
-from samtone_tf.download import (
+from samtone_tf.data.download import (
     DATASETS,
     SCIFACT_FILES,
     DatasetSpec,
@@ -231,3 +231,35 @@ def test_registry_digests_match_the_shared_data():
     assert file_digest(os.path.join(SCIFACT, "corpus.jsonl")) == SHARED_CORPUS_SHA256
     squad = DATASETS["squad-v1.1-train"]
     assert squad.filename == "train-v1.1.json" and len(squad.sha256) == 64 and squad.size == 30_288_272
+
+
+@needs_data
+def test_cli_download_verb_fetches_verifies_and_reports(server, tmp_path, monkeypatch, capsys):
+    from samtone_tf import cli
+    from samtone_tf.data import download as download_lib
+
+    blob = _zip(_shared_scifact_members())
+    server.blobs["scifact.zip"] = blob
+    files = dict(SCIFACT_FILES, **{"corpus.jsonl": SHARED_CORPUS_SHA256})
+    spec = DatasetSpec(url=server.base + "scifact.zip", filename="scifact.zip",
+                       md5=hashlib.md5(blob).hexdigest(), extract_to="scifact", files=files)
+    monkeypatch.setattr(download_lib, "DATASETS", {"scifact": spec})
+    target = tmp_path / "data"
+    assert cli.main(["download", "scifact", "--to", str(target), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert str(target / "scifact") in out and "checksums verified" in out
+    assert verify_files(str(target / "scifact"), files) == []
+    # A tampered archive: exit code 2, the reason on stderr, no extracted folder.
+    server.blobs["scifact.zip"] = _zip(_shared_scifact_members(tamper=True))
+    bad = DatasetSpec(url=server.base + "scifact.zip", filename="scifact.zip",
+                      md5=hashlib.md5(server.blobs["scifact.zip"]).hexdigest(),
+                      extract_to="scifact", files=files)
+    monkeypatch.setattr(download_lib, "DATASETS", {"scifact": bad})
+    other = tmp_path / "other"
+    assert cli.main(["download", "scifact", "--to", str(other), "--quiet"]) == 2
+    assert "do not verify" in capsys.readouterr().err
+    assert not (other / "scifact").exists()
+    # An unknown name is refused by the parser (exit code 2 from argparse).
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["download", "no-such-set", "--to", str(other)])
+    assert exit_info.value.code == 2

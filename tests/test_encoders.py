@@ -8,12 +8,8 @@ import pytest
 import tensorflow as tf
 
 from samtone_tf._keras import IS_KERAS3, keras
-from samtone_tf.encoders import (
-    KerasHubEncoder,
-    TFHubEncoder,
-    export_tfhub_layout,
-    make_encoder,
-)
+from samtone_tf.towers.encoders import KerasHubEncoder, TFHubEncoder, export_tfhub_layout
+from samtone_tf.towers.specs import make_encoder
 from tests._tiny import HIDDEN_DIM, random_tokens, tiny_backbone, tiny_tfhub_encoder_path
 
 keras3_only = pytest.mark.skipif(not IS_KERAS3, reason="keras-hub towers need Keras 3")
@@ -70,8 +66,15 @@ def test_export_has_tfhub_bert_layout(tfhub_path):
     import tensorflow_hub as hub
 
     restored = hub.load(tfhub_path)
-    # 2 layers of BERT: the trainable variables of the backbone, listed as hub expects.
-    assert len(restored.trainable_variables) == len(tiny_backbone().trainable_weights)
+    # 2 layers of BERT: the trainable variables of the backbone, listed as hub expects,
+    # except the pooler's kernel and bias (the towers read sequence_output only).
+    backbone = tiny_backbone()
+    pooler = {w.path if hasattr(w, "path") else w.name for w in backbone.pooled_dense.weights}
+    assert len(pooler) == 2
+    assert len(restored.trainable_variables) == len(backbone.trainable_weights) - 2
+    trainable_names = [v.name for v in restored.trainable_variables]
+    assert not [n for n in trainable_names if "pooled_dense" in n], trainable_names
+    assert [v for v in restored.variables if "pooled_dense" in v.name]  # still saved
     assert len(restored.variables) >= len(restored.trainable_variables)
     ids, mask = random_tokens(B, L)
     inputs = {

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from samtone_tf import evaluation, retrieval
+from samtone_tf import evaluation
+from samtone_tf.evaluation import retrieval
 from tests import mining_worker
 from tests._requirements import require_data
 
@@ -15,7 +16,7 @@ from tests._requirements import require_data
 def setup(tmp_path_factory):
     require_data(mining_worker.SCIFACT)
     from samtone_tf._keras import keras
-    from samtone_tf.model import DualEncoder
+    from samtone_tf.towers.model import DualEncoder
 
     directory = str(tmp_path_factory.mktemp("trim"))
     corpus, _, pairs = mining_worker.scifact_slice(num_queries=10, num_other_docs=30)

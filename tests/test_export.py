@@ -16,11 +16,12 @@ import pytest
 import tensorflow as tf
 
 from samtone_tf import export as export_lib
+from samtone_tf import serving
 from samtone_tf._keras import IS_KERAS3, keras
 from samtone_tf.export import export_dual_encoder, export_index, load_exported
-from samtone_tf.model import DualEncoder
-from samtone_tf.retrieval import search
-from samtone_tf.tokenization import BertTextTokenizer, build_wordpiece_vocab
+from samtone_tf.towers.model import DualEncoder
+from samtone_tf.evaluation.retrieval import search
+from samtone_tf.data.tokenization import BertTextTokenizer, build_wordpiece_vocab
 from tests import _tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -241,12 +242,12 @@ def test_loading_without_tensorflow_text_fails_clearly(exported, tmp_path):
     """, tmp_path, name="bare.py")
     assert bare.returncode != 0
     assert "not registered" in bare.stderr, bare.stderr[-2000:]
-    # 2. load_exported says what is missing and how to fix it. export.py imports nothing
-    #    from samtone_tf at import time, so a serving process can load it by path.
+    # 2. load_exported says what is missing and how to fix it. serving.py imports nothing
+    #    from samtone_tf, so a serving process can load it by path.
     helper = _run_python(f"""
         import importlib.util, sys
         sys.modules["tensorflow_text"] = None  # as if not installed
-        spec = importlib.util.spec_from_file_location("vendored_export", {export_lib.__file__!r})
+        spec = importlib.util.spec_from_file_location("vendored_serving", {serving.__file__!r})
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         assert not any(m.split(".")[0] == "samtone_tf" for m in sys.modules)

@@ -13,8 +13,8 @@ import tensorflow as tf
 import samtone_tf
 from samtone_tf import data as data_lib
 from samtone_tf._keras import IS_KERAS3, keras
-from samtone_tf.model import DualEncoder
-from samtone_tf.tokenization import BertTextTokenizer, build_wordpiece_vocab
+from samtone_tf.towers.model import DualEncoder
+from samtone_tf.data.tokenization import BertTextTokenizer, build_wordpiece_vocab
 from tests import _tiny
 from tests._requirements import require_data
 

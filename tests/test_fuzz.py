@@ -23,7 +23,8 @@ import tensorflow as tf
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from samtone_tf import SamToNeLoss, contrastive_loss, reqa
+from samtone_tf import SamToNeLoss, contrastive_loss
+from samtone_tf.data import reqa
 from samtone_tf.data import load_beir, make_pair_dataset, training_pairs_from_qrels
 from samtone_tf.evaluation import load_eval_data
 from tests.numpy_reference import reference_loss

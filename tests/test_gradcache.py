@@ -16,9 +16,11 @@ import pytest
 import tensorflow as tf
 
 import samtone_tf
-from samtone_tf import gradcache, resilience
+from samtone_tf.towers import gradcache
+from samtone_tf.training import resilience
 from samtone_tf._keras import IS_KERAS3, keras
-from samtone_tf.encoders import check_dropout, make_encoder
+from samtone_tf.towers.encoders import check_dropout
+from samtone_tf.towers.specs import make_encoder
 from samtone_tf.precision import precision_scope
 from samtone_tf.training import TrainConfig
 from tests import _tiny
@@ -444,8 +446,8 @@ def test_cli_train_flags_reach_the_config():
 def test_pretrained_dropout_variant_is_written_once_with_that_rate(tmp_path):
     """``PretrainedEncoder.encoder_path_for(precision, dropout)`` writes a SavedModel with the
     rate asked for (here from a tiny preset with dropout 0.1 laid out as the cache is)."""
-    from samtone_tf import pretrained
-    from samtone_tf.encoders import TFHubEncoder
+    from samtone_tf.towers import pretrained
+    from samtone_tf.towers.encoders import TFHubEncoder
 
     cache = tmp_path / "cache"
     cache.mkdir()

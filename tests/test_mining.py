@@ -1,4 +1,4 @@
-"""Hard-negative mining (samtone_tf.mining) on a real SciFact slice with a tiny encoder:
+"""Hard-negative mining (samtone_tf.training.mining) on a real SciFact slice with a tiny encoder:
 mined tables against a brute-force NumPy top-k and the qrels, the dataset following the
 tables, model.fit with the refresh callback, and 2 CPU replicas in a subprocess."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from samtone_tf import data as data_lib
-from samtone_tf.mining import HardNegativeMiner, HardNegativeMiningCallback
+from samtone_tf.training.mining import HardNegativeMiner, HardNegativeMiningCallback
 from tests import mining_worker
 from tests._multiworker import run_workers
 from tests._requirements import require_data
@@ -30,7 +30,7 @@ def sliced(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(sliced):
     from samtone_tf._keras import keras
-    from samtone_tf.model import DualEncoder
+    from samtone_tf.towers.model import DualEncoder
 
     keras.utils.set_random_seed(0)
     return DualEncoder(mining_worker.encoder(sliced[0], seed=4), architecture="sde",

@@ -11,8 +11,8 @@ import tensorflow as tf
 import samtone_tf
 
 from samtone_tf._keras import IS_KERAS3, keras
-from samtone_tf.encoders import KerasHubEncoder, TFHubEncoder
-from samtone_tf.model import DualEncoder
+from samtone_tf.towers.encoders import KerasHubEncoder, TFHubEncoder
+from samtone_tf.towers.model import DualEncoder
 from tests._tiny import HIDDEN_DIM, random_tokens, tiny_backbone, tiny_tfhub_encoder_path
 
 B, LQ, LD, HD, HQ, DIM = 3, 6, 9, 2, 1, 8
@@ -236,6 +236,35 @@ def _stand_in_loss(y_true, y_pred):
     logits = tf.matmul(queries, documents, transpose_b=True)
     labels = tf.range(tf.shape(queries)[0]) * (1 + HD)
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+
+
+@pytest.mark.parametrize("kind", TOWER_KINDS)
+def test_the_unused_pooler_is_not_trained_and_fit_warns_nothing(make_spec, kind):
+    import logging
+    import warnings
+
+    model = _model(make_spec, "sde", kind)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=_stand_in_loss)
+    x = _inputs()
+    model(x)
+    names = [getattr(v, "path", v.name) for v in model.trainable_variables]
+    assert names and not [n for n in names if "pooled_dense" in n], names
+    saved = [getattr(v, "path", v.name) for v in model.weights]
+    assert [n for n in saved if "pooled_dense" in n]  # still part of the weights
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = tf.data.Dataset.from_tensor_slices((x, tf.zeros([B]))).batch(B)
+            model.fit(dataset, epochs=1, verbose=0)
+    finally:
+        logger.removeHandler(handler)
+    said = [str(w.message) for w in caught] + [r.getMessage() for r in records]
+    assert not [m for m in said if "radients do not exist" in m], said
 
 
 @pytest.mark.parametrize("kind", TOWER_KINDS)

@@ -136,7 +136,7 @@ def test_dual_encoder_precision_builds_string_specs_and_projection(tmp_path):
 def test_export_computed_in_bfloat16_returns_float32(tmp_path):
     from samtone_tf.evaluation import model_precision
     from samtone_tf.export import export_dual_encoder, load_exported, read_export_metadata
-    from samtone_tf.tokenization import BertTextTokenizer, build_wordpiece_vocab
+    from samtone_tf.data.tokenization import BertTextTokenizer, build_wordpiece_vocab
 
     texts = ["a cat purrs", "dogs bark at night", "fish swim in the sea", "", "the cat"]
     vocab = str(tmp_path / "vocab.txt")
@@ -225,7 +225,7 @@ def test_bucket_width_rounds_up_to_a_bucket_and_caps_at_the_length():
 
 
 def test_training_batches_are_padded_to_their_bucket(tmp_path):
-    from samtone_tf.tokenization import BertTextTokenizer, build_wordpiece_vocab
+    from samtone_tf.data.tokenization import BertTextTokenizer, build_wordpiece_vocab
 
     rng = np.random.default_rng(0)
     words = ["cat", "dog", "fish", "bird", "tree", "river", "stone", "cloud"]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from samtone_tf import pretrained
+from samtone_tf.towers import pretrained
 from samtone_tf._keras import IS_KERAS3, keras
 from tests._requirements import MINILM_HINT, missing, needs
 
@@ -57,7 +57,7 @@ def converted(tmp_path_factory):
 
 
 def _embed(sequence, mask):
-    from samtone_tf.model import mean_pool
+    from samtone_tf.towers.pooling import mean_pool
 
     return tf.math.l2_normalize(mean_pool(sequence, mask), axis=-1).numpy()
 
@@ -355,7 +355,7 @@ def test_hub_keras_layer_strings_to_embeddings(converted, reference):
 
 
 def _dual_encoder_embeddings(spec, query_tok, doc_tok, texts):
-    from samtone_tf.model import DualEncoder
+    from samtone_tf.towers.model import DualEncoder
 
     model = DualEncoder(spec, architecture="sde", pooling="mean", normalize=True)
     docs = model.encode_documents(doc_tok(tf.constant(texts))).numpy()
@@ -364,7 +364,7 @@ def _dual_encoder_embeddings(spec, query_tok, doc_tok, texts):
 
 
 def test_dual_encoder_components(converted, reference):
-    from samtone_tf.encoders import KerasHubEncoder, TFHubEncoder
+    from samtone_tf.towers.encoders import KerasHubEncoder, TFHubEncoder
 
     query_tok, doc_tok, spec = pretrained.dual_encoder_components(
         "minilm-l6", query_max_length=32, cache_dir=converted.cache_dir
@@ -391,9 +391,11 @@ def test_dual_encoder_components(converted, reference):
 
 @keras3_only
 def test_tfhub_backend_in_keras3(converted, reference):
-    from samtone_tf.encoders import TFHubEncoder
+    from samtone_tf.towers.encoders import TFHubEncoder
 
-    encoder = pretrained.pretrained_encoder(
+    from samtone_tf.towers.specs import pretrained_encoder
+
+    encoder = pretrained_encoder(
         "pretrained:minilm-l6", backend="tfhub", cache_dir=converted.cache_dir
     )
     assert isinstance(encoder, TFHubEncoder)
@@ -409,7 +411,8 @@ def test_kerashub_backend_refused_in_keras2(converted):
 
 
 def test_make_encoder_accepts_the_pretrained_spec(converted, monkeypatch):
-    from samtone_tf.encoders import KerasHubEncoder, TFHubEncoder, make_encoder
+    from samtone_tf.towers.encoders import KerasHubEncoder, TFHubEncoder
+    from samtone_tf.towers.specs import make_encoder
 
     original = pretrained.pretrained_cache_dir
     monkeypatch.setattr(pretrained, "pretrained_cache_dir",

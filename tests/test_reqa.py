@@ -1,4 +1,4 @@
-"""Tests for samtone_tf.reqa (pure Python; identical under Keras 2 and Keras 3)."""
+"""Tests for samtone_tf.data.reqa (pure Python; identical under Keras 2 and Keras 3)."""
 
 import copy
 import doctest
@@ -9,9 +9,9 @@ import warnings
 
 import pytest
 
-import samtone_tf.reqa as reqa_module
+import samtone_tf.data.reqa as reqa_module
 from samtone_tf.data import training_pairs_from_qrels
-from samtone_tf.reqa import ARTICLE_INDEX_KEY, build_reqa, load_reqa, split_by_article, split_sentences
+from samtone_tf.data.reqa import ARTICLE_INDEX_KEY, build_reqa, load_reqa, split_by_article, split_sentences
 from tests._requirements import needs_data
 
 SQUAD = os.path.normpath(

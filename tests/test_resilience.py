@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 import samtone_tf
-from samtone_tf import resilience
+from samtone_tf.training import resilience
 from samtone_tf._keras import keras
 from tests import _tiny
 from tests.test_cli import small_beir  # noqa: F401  (fixture: a real SciFact slice)
@@ -389,7 +389,8 @@ def test_sigkill_mid_epoch_then_rerun_ends_with_uninterrupted_weights(small_beir
 
 
 def test_cli_reports_a_non_finite_loss_with_its_own_exit_code(monkeypatch, capsys):
-    from samtone_tf import cli, training
+    from samtone_tf import cli
+    from samtone_tf.training import run as training
 
     def fail(config, **kwargs):
         raise resilience.NonFiniteLossError("The training loss became nan at epoch 1")

@@ -1,11 +1,11 @@
-"""Tests for samtone_tf.retrieval (pure NumPy; identical under Keras 2 and Keras 3)."""
+"""Tests for samtone_tf.evaluation.retrieval (pure NumPy; identical under Keras 2 and Keras 3)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from samtone_tf.retrieval import (
+from samtone_tf.evaluation.retrieval import (
     METRIC_KEYS,
     encode_corpus,
     evaluate_run,

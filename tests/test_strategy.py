@@ -1,4 +1,4 @@
-"""Tests for samtone_tf.strategy on a CPU-only machine.
+"""Tests for samtone_tf.training.strategy on a CPU-only machine.
 
 Logical CPU devices can only be configured before TF initialises, and one process should
 hold one strategy (tensorflow#62790), so the multi-replica cases run in fresh subprocesses.
@@ -13,7 +13,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from samtone_tf.strategy import (
+from samtone_tf.training.strategy import (
     configure_cpu_replicas,
     get_strategy,
     num_workers_in_tf_config,
@@ -104,7 +104,7 @@ def test_configure_after_initialisation_raises():
 def test_mirrored_over_logical_cpus_in_fresh_process():
     code = """
 import json, tensorflow as tf
-from samtone_tf.strategy import get_strategy, per_replica_batch_check
+from samtone_tf.training.strategy import get_strategy, per_replica_batch_check
 s = get_strategy(num_cpu_replicas=2)
 ctx = lambda: tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.float32) + 1.0
 total = float(s.reduce("SUM", s.run(ctx), axis=None))  # replica ids 0, 1 -> 1 + 2 = 3
@@ -130,7 +130,7 @@ def test_multi_worker_from_tf_config_two_processes():
     ports = [_free_port(), _free_port()]
     code = """
 import json, os, tensorflow as tf
-from samtone_tf.strategy import get_strategy
+from samtone_tf.training.strategy import get_strategy
 s = get_strategy()
 index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
 total = float(s.reduce("SUM", s.run(lambda: tf.constant(10.0 ** index)), axis=None))  # 1 + 10
@@ -167,7 +167,7 @@ def test_auto_detected_tpu_that_fails_to_initialise_is_a_warning(monkeypatch, ca
     monkeypatch.delenv("TF_CONFIG", raising=False)
     monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", _FoundResolver)
     monkeypatch.setattr(tf.config, "experimental_connect_to_cluster", _fail_connect)
-    with caplog.at_level("DEBUG", logger="samtone_tf.strategy"):
+    with caplog.at_level("DEBUG", logger="samtone_tf.training.strategy"):
         strategy = get_strategy()
     assert strategy is tf.distribute.get_strategy()  # fell back to the default strategy
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
@@ -187,7 +187,7 @@ def test_no_tpu_at_all_stays_quiet_but_other_resolver_errors_warn(monkeypatch, c
         raise ValueError("Please provide a TPU Name to connect to.")
 
     monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", not_found)
-    with caplog.at_level("DEBUG", logger="samtone_tf.strategy"):
+    with caplog.at_level("DEBUG", logger="samtone_tf.training.strategy"):
         assert get_strategy() is tf.distribute.get_strategy()
     assert [r.levelname for r in caplog.records] == ["DEBUG"], caplog.text
     assert "No TPU found (Please provide a TPU Name" in caplog.records[0].getMessage()
@@ -198,7 +198,7 @@ def test_no_tpu_at_all_stays_quiet_but_other_resolver_errors_warn(monkeypatch, c
         raise ImportError("No module named 'googleapiclient'")
 
     monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", broken)
-    with caplog.at_level("DEBUG", logger="samtone_tf.strategy"):
+    with caplog.at_level("DEBUG", logger="samtone_tf.training.strategy"):
         assert get_strategy() is tf.distribute.get_strategy()
     assert [r.levelname for r in caplog.records] == ["WARNING"], caplog.text
     assert ("TPU auto-detection failed with ImportError: No module named 'googleapiclient'"

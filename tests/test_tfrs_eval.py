@@ -18,12 +18,12 @@ import pytest
 import tensorflow as tf
 
 from samtone_tf import data as data_lib
-from samtone_tf import tfrs_eval
+from samtone_tf.evaluation import tfrs as tfrs_eval
 from samtone_tf._keras import IS_KERAS3, keras
 from samtone_tf.losses import SamToNeLoss
-from samtone_tf.model import DualEncoder
-from samtone_tf.retrieval import search
-from samtone_tf.tokenization import BertTextTokenizer, build_wordpiece_vocab
+from samtone_tf.towers.model import DualEncoder
+from samtone_tf.evaluation.retrieval import search
+from samtone_tf.data.tokenization import BertTextTokenizer, build_wordpiece_vocab
 from tests import _tiny
 from tests._requirements import require_data
 
@@ -208,12 +208,13 @@ MIRRORED_CHILD = """
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import numpy as np
-    from samtone_tf import data as data_lib, tfrs_eval
+    from samtone_tf import data as data_lib
+    from samtone_tf.evaluation import tfrs as tfrs_eval
     from samtone_tf._keras import IS_KERAS3, keras
     from samtone_tf.losses import SamToNeLoss
-    from samtone_tf.model import DualEncoder
-    from samtone_tf.retrieval import search
-    from samtone_tf.tokenization import BertTextTokenizer
+    from samtone_tf.towers.model import DualEncoder
+    from samtone_tf.evaluation.retrieval import search
+    from samtone_tf.data.tokenization import BertTextTokenizer
 
     assert not IS_KERAS3
     spec = json.load(open(sys.argv[1], encoding="utf-8"))

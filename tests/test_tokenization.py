@@ -1,4 +1,4 @@
-"""Tests for samtone_tf.tokenization (pure TF; identical under Keras 2 and Keras 3)."""
+"""Tests for samtone_tf.data.tokenization (pure TF; identical under Keras 2 and Keras 3)."""
 
 import importlib.util
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from samtone_tf.tokenization import BertTextTokenizer, build_wordpiece_vocab, normalize_text
+from samtone_tf.data.tokenization import BertTextTokenizer, build_wordpiece_vocab, normalize_text
 from tests._requirements import MINILM_HINT, needs, needs_data, needs_package
 
 SCIFACT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "scifact")

@@ -1,4 +1,4 @@
-"""Retrieval data: BEIR loading, training pairs, and tokenised tf.data pipelines.
+"""Training pairs and tokenised tf.data pipelines.
 
 Pure Python / TensorFlow (no Keras). Tokenisation happens inside ``tf.data`` so that
 models receive int32 ids and masks (string model inputs break Keras 3 ``fit`` under
@@ -6,20 +6,12 @@ models receive int32 ids and masks (string model inputs break Keras 3 ``fit`` un
 cross-replica gathering in the losses needs it.
 """
 
-import contextlib
-import contextvars
-import json
-import os
-import re
-import warnings
-
 import numpy as np
 import tensorflow as tf
 
+from samtone_tf import keys
+
 __all__ = [
-    "load_beir",
-    "EmptyTextWarning",
-    "refuse_empty_text",
     "training_pairs_from_qrels",
     "dense_id_maps",
     "make_pair_dataset",
@@ -28,247 +20,6 @@ __all__ = [
 
 #: Labels are float32; integers above 2**24 are no longer exactly representable.
 MAX_EXACT_FLOAT32_ID = 2**24
-
-_QRELS_HEADER = ("query-id", "corpus-id", "score")
-
-
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-
-
-def _json_id(value, path, line_no, field="_id"):
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError(f"{path}, line {line_no}: field {field!r} must be a string, got {value!r}.")
-    value = str(value)
-    if not value:
-        raise ValueError(f"{path}, line {line_no}: field {field!r} is empty.")
-    # qrels name ids in tab-separated, stripped columns: such an id could never be judged
-    if value != value.strip() or any(c in value for c in "\t\r\n"):
-        raise ValueError(f"{path}, line {line_no}: field {field!r} {value!r} has surrounding "
-                         "whitespace or a tab / line break, which qrels cannot name.")
-    return value
-
-
-def _text_lines(path):
-    """Yields (line_no, line) of a UTF-8 text file; bytes that are not UTF-8 are an error
-    naming the file and line (not a bare UnicodeDecodeError from deep inside a loop)."""
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # a UTF-8 byte order mark (files saved by some editors)
-            try:
-                yield line_no, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(
-                    f"{path}, line {line_no}: not valid UTF-8 (byte {raw[e.start]:#04x} at "
-                    f"column {e.start + 1})."
-                ) from e
-
-
-def _read_jsonl(path, required, optional=()):
-    """Yields (line_no, record) with validated string fields."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"BEIR file {path!r} does not exist.")
-    for line_no, line in _text_lines(path):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {line_no}: malformed JSON ({e.msg}).") from e
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}, line {line_no}: expected a JSON object.")
-        for field in required:
-            if field not in record:
-                raise ValueError(f"{path}, line {line_no}: missing field {field!r}.")
-        for field in tuple(required[1:]) + tuple(optional):
-            value = record.get(field, "")
-            if value is None:
-                record[field] = ""
-            elif not isinstance(value, str):
-                raise ValueError(
-                    f"{path}, line {line_no}: field {field!r} must be a string, got {value!r}."
-                )
-        yield line_no, record
-
-
-class EmptyTextWarning(UserWarning):
-    """A data file has records with an empty text; they are kept and embedded as ``""``."""
-
-
-_REFUSE_EMPTY_TEXT = contextvars.ContextVar("samtone_tf_refuse_empty_text", default=False)
-
-
-@contextlib.contextmanager
-def refuse_empty_text(refuse=True):
-    """Within the block, loaders called with ``strict_text=None`` (their default:
-    :func:`load_beir`, :func:`samtone_tf.reqa.build_reqa`) refuse empty texts as with
-    ``strict_text=True``. It reaches loaders called inside other functions, such as those
-    of ``samtone_tf.evaluation`` and ``samtone_tf.training``; the CLI's ``--strict`` uses it."""
-    token = _REFUSE_EMPTY_TEXT.set(bool(refuse))
-    try:
-        yield
-    finally:
-        _REFUSE_EMPTY_TEXT.reset(token)
-
-
-def _strict_text(strict_text):
-    """``strict_text`` of a loader: ``None`` means the :func:`refuse_empty_text` setting."""
-    return _REFUSE_EMPTY_TEXT.get() if strict_text is None else bool(strict_text)
-
-
-def _warn_empty(source, what, ids, stacklevel):
-    """One :class:`EmptyTextWarning` per file: the count and the first few ids."""
-    shown = ", ".join(repr(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
-    if len(ids) == 1:
-        what = {"documents": "document", "queries": "query", "questions": "question"}[what]
-    detail = "an empty title and text" if what.startswith("document") else "an empty text"
-    warnings.warn(
-        f"{source}: {len(ids)} {what} {'has' if len(ids) == 1 else 'have'} {detail} "
-        f"(id{'' if len(ids) == 1 else 's'} {shown}); they are embedded as empty text. "
-        "Pass strict_text=True / --strict to refuse them.",
-        EmptyTextWarning, stacklevel=stacklevel + 1)
-
-
-def _load_corpus(path, strict_text=True):
-    corpus = {}
-    lines = {}
-    empty = []
-    for line_no, rec in _read_jsonl(path, required=("_id", "text"), optional=("title",)):
-        doc_id = _json_id(rec["_id"], path, line_no)
-        if doc_id in corpus:
-            raise ValueError(
-                f"{path}, line {line_no}: duplicate document id {doc_id!r} (first on line {lines[doc_id]})."
-            )
-        title = rec.get("title") or ""
-        text = (title + " " + rec["text"]).strip()
-        if not text:
-            if strict_text:
-                raise ValueError(f"{path}, line {line_no}: document {doc_id!r} has an empty title and text.")
-            empty.append(doc_id)
-        corpus[doc_id] = text
-        lines[doc_id] = line_no
-    if not corpus:
-        raise ValueError(f"{path}: no documents (the file is empty or blank).")
-    if empty:
-        _warn_empty(path, "documents", empty, stacklevel=3)
-    return corpus
-
-
-def _load_queries(path, strict_text=True):
-    queries = {}
-    lines = {}
-    empty = []
-    for line_no, rec in _read_jsonl(path, required=("_id", "text")):
-        qid = _json_id(rec["_id"], path, line_no)
-        if qid in queries:
-            raise ValueError(
-                f"{path}, line {line_no}: duplicate query id {qid!r} (first on line {lines[qid]})."
-            )
-        if not rec["text"].strip():
-            if strict_text:
-                raise ValueError(f"{path}, line {line_no}: query {qid!r} has an empty text.")
-            empty.append(qid)
-            rec["text"] = ""
-        queries[qid] = rec["text"]
-        lines[qid] = line_no
-    if not queries:
-        raise ValueError(f"{path}: no queries (the file is empty or blank).")
-    if empty:
-        _warn_empty(path, "queries", empty, stacklevel=3)
-    return queries
-
-
-def _load_qrels(path, corpus, queries, strict):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"BEIR qrels file {path!r} does not exist.")
-    qrels = {}
-    judgments = skipped = 0
-    for line_no, line in _text_lines(path):
-        line = line.rstrip("\n").rstrip("\r")
-        if not line.strip():
-            continue
-        cols = line.split("\t")
-        if tuple(c.strip().lower() for c in cols) == _QRELS_HEADER:
-            if line_no == 1:
-                continue
-            raise ValueError(f"{path}, line {line_no}: the header {line!r} is only allowed on line 1.")
-        if len(cols) != 3:
-            raise ValueError(
-                f"{path}, line {line_no}: expected 3 tab-separated columns "
-                f"(query-id, corpus-id, score), got {len(cols)}: {line!r}."
-            )
-        qid, doc_id, score = (c.strip() for c in cols)
-        for what, value in (("query id", qid), ("corpus id", doc_id)):
-            if not value:
-                raise ValueError(f"{path}, line {line_no}: empty {what}: {line!r}.")
-        if not _INTEGER.fullmatch(score):  # int() would also take "1_0" and non-ASCII digits
-            raise ValueError(f"{path}, line {line_no}: score {score!r} is not an integer.")
-        score = int(score)
-        judgments += 1
-        unknown = []
-        if qid not in queries:
-            unknown.append(f"query id {qid!r} not in queries.jsonl")
-        if doc_id not in corpus:
-            unknown.append(f"document id {doc_id!r} not in corpus.jsonl")
-        if unknown:
-            if strict:
-                raise ValueError(f"{path}, line {line_no}: " + "; ".join(unknown) + ".")
-            skipped += 1
-            continue
-        judged = qrels.setdefault(qid, {})
-        if doc_id in judged:
-            raise ValueError(f"{path}, line {line_no}: duplicate judgment ({qid!r}, {doc_id!r}).")
-        judged[doc_id] = score
-    if not judgments:
-        raise ValueError(f"{path}: no judgments (the file is empty or has only a header).")
-    if not qrels:
-        raise ValueError(f"{path}: all {skipped} judgments name ids that are not in "
-                         "queries.jsonl / corpus.jsonl (skipped with strict=False).")
-    return qrels
-
-
-def load_beir(directory, split, *, strict=True, strict_text=None):
-    """Loads a BEIR-format data set.
-
-    Files: ``corpus.jsonl`` (``_id``, ``text``, optional ``title``), ``queries.jsonl``
-    (``_id``, ``text``), ``qrels/<split>.tsv`` (header ``query-id\\tcorpus-id\\tscore``).
-
-    Args:
-      directory: the data set folder.
-      split: qrels split name, e.g. ``"train"`` or ``"test"``.
-      strict: if True (default) a qrels line naming an unknown query or document id is
-        an error; if False such lines are skipped.
-      strict_text: what to do with a document whose title and text are empty (or only
-        whitespace) and a query whose text is: if False they are kept as ``""`` (embedded
-        as the tokenizer's empty input, ``[CLS] [SEP]`` for BERT, as sentence-transformers
-        and BEIR's evaluation do) and one :class:`EmptyTextWarning` per file counts them
-        and names the first ids; if True they are an error naming the file and line.
-        ``None`` (default): False, unless inside :func:`refuse_empty_text`.
-
-    Returns:
-      ``(corpus, queries, qrels)``: ``corpus`` maps doc id -> ``"title text"`` (just the
-      text when the title is empty), ``queries`` maps query id -> text for *all* queries
-      in ``queries.jsonl`` (not only the split's), ``qrels`` maps query id ->
-      ``{doc id: int score}``. All dicts keep file order. An empty document or query
-      (``strict_text=False``) maps to ``""``.
-
-    Raises:
-      FileNotFoundError: a file is missing.
-      ValueError: malformed JSON, missing/ill-typed fields, duplicate ids, ids with
-        surrounding whitespace, malformed or unknown-id qrels lines, a file without any
-        record (or, with ``strict=False``, without any judgment left), bytes that are not
-        UTF-8, and with ``strict_text=True`` an empty text; the message names the file and
-        the line number. A UTF-8 byte order mark at the start of a file is ignored.
-
-    Example (BEIR SciFact): 5,183 documents, 1,109 queries, ``train`` qrels with 809
-    queries and 919 judgments.
-    """
-    directory = os.fspath(directory)
-    strict_text = _strict_text(strict_text)
-    corpus = _load_corpus(os.path.join(directory, "corpus.jsonl"), strict_text)
-    queries = _load_queries(os.path.join(directory, "queries.jsonl"), strict_text)
-    qrels = _load_qrels(os.path.join(directory, "qrels", f"{split}.tsv"), corpus, queries, strict)
-    return corpus, queries, qrels
 
 
 def training_pairs_from_qrels(corpus, queries, qrels):
@@ -297,7 +48,7 @@ def training_pairs_from_qrels(corpus, queries, qrels):
     return pairs
 
 
-def _normalise_pairs(pairs):
+def normalise_pairs(pairs):
     out = []
     for i, pair in enumerate(pairs):
         pair = tuple(pair)
@@ -328,7 +79,7 @@ def dense_id_maps(pairs, extra_document_ids=()):
       ValueError: more than ``2**24`` distinct ids of one kind (not exact in float32).
     """
     query_index, doc_index = {}, {}
-    for qid, _, did, _ in _normalise_pairs(pairs):
+    for qid, _, did, _ in normalise_pairs(pairs):
         query_index.setdefault(qid, len(query_index))
         doc_index.setdefault(did, len(doc_index))
     for did in extra_document_ids:
@@ -342,7 +93,7 @@ def dense_id_maps(pairs, extra_document_ids=()):
     return query_index, doc_index
 
 
-def _split_tokenizers(tokenizer_or_tokenizers):
+def split_tokenizers(tokenizer_or_tokenizers):
     if isinstance(tokenizer_or_tokenizers, (tuple, list)):
         if len(tokenizer_or_tokenizers) != 2:
             raise ValueError("Pass one tokenizer or a (query_tokenizer, document_tokenizer) pair.")
@@ -352,14 +103,24 @@ def _split_tokenizers(tokenizer_or_tokenizers):
 
 def pair_features(query_tokenizer, document_tokenizer, query_texts, document_texts):
     """The model's int32 query/document features of a batch of texts (inside tf.data)."""
-    q = query_tokenizer(query_texts)
-    d = document_tokenizer(document_texts)
-    return {
-        "query_token_ids": tf.cast(q["token_ids"], tf.int32),
-        "query_padding_mask": tf.cast(q["padding_mask"], tf.int32),
-        "document_token_ids": tf.cast(d["token_ids"], tf.int32),
-        "document_padding_mask": tf.cast(d["padding_mask"], tf.int32),
-    }
+    features = {}
+    for prefix, tokenizer, texts in ((keys.QUERY, query_tokenizer, query_texts),
+                                     (keys.DOCUMENT, document_tokenizer, document_texts)):
+        tokens = tokenizer(texts)
+        for key in keys.TOKENIZER_KEYS:
+            features[prefix + key] = tf.cast(tokens[key], tf.int32)
+    return features
+
+
+def add_grouped_features(features, tokenizer, texts, batch_size, count, prefix):
+    """Tokenises ``texts`` ``[batch_size, count]`` (say, the hard negatives of each
+    example) into ``features[prefix + key]`` int32 ``[batch_size, count, L]``."""
+    tokens = tokenizer(tf.reshape(texts, [-1]))
+    for key in keys.TOKENIZER_KEYS:
+        value = tf.reshape(tf.cast(tokens[key], tf.int32), [batch_size, count, -1])
+        features[prefix + key] = tf.ensure_shape(
+            value, [batch_size, count, tokens[key].shape[-1]])
+    return features
 
 
 PADDINGS = ("longest", "max_length")
@@ -375,7 +136,7 @@ def check_padding(padding):
     return padding
 
 
-def _check_length_buckets(length_buckets):
+def check_length_buckets(length_buckets):
     if length_buckets is None:
         return DEFAULT_LENGTH_BUCKETS
     buckets = tuple(length_buckets)
@@ -398,7 +159,7 @@ def trim_to_longest(features):
 def bucket_width(width, max_length, length_buckets=None):
     """The padded width of a batch whose longest text has ``width`` tokens: the smallest
     bucket >= ``width`` (at least 1), capped at ``max_length`` (a scalar tensor)."""
-    buckets = [b for b in _check_length_buckets(length_buckets) if b < max_length]
+    buckets = [b for b in check_length_buckets(length_buckets) if b < max_length]
     boundaries = tf.constant(buckets + [max_length], tf.int32)
     width = tf.clip_by_value(tf.cast(width, tf.int32), 1, max_length)
     index = tf.reduce_sum(tf.cast(boundaries < width, tf.int32))
@@ -422,7 +183,15 @@ def trim_to_bucket(features, prefix, length_buckets=None):
     return trimmed
 
 
-def _epoch_ordered_batches(columns, num_pairs, batch_size, shuffle, seed):
+def trim_all_to_buckets(features, length_buckets=None):
+    """:func:`trim_to_bucket` for every tower input present in ``features``."""
+    for prefix in keys.PREFIXES:
+        if prefix + keys.TOKEN_IDS in features:
+            features = trim_to_bucket(features, prefix, length_buckets)
+    return features
+
+
+def epoch_ordered_batches(columns, num_pairs, batch_size, shuffle, seed):
     """Endless batches whose order is a function of ``(seed, epoch)`` alone.
 
     Epoch ``e`` is a stateless permutation seeded by ``(seed, e)``, so every iterator of the
@@ -507,7 +276,7 @@ def make_pair_dataset(
       ValueError: bad ``batch_size`` (< 1 or more than the number of pairs), malformed
         pairs or hard negatives, or more than 2**24 distinct ids.
     """
-    pairs = _normalise_pairs(pairs)
+    pairs = normalise_pairs(pairs)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
     if batch_size > len(pairs):
@@ -516,8 +285,8 @@ def make_pair_dataset(
             "dataset would be empty."
         )
     check_padding(padding)
-    length_buckets = _check_length_buckets(length_buckets)
-    query_tokenizer, doc_tokenizer = _split_tokenizers(tokenizer_or_tokenizers)
+    length_buckets = check_length_buckets(length_buckets)
+    query_tokenizer, doc_tokenizer = split_tokenizers(tokenizer_or_tokenizers)
     if hard_negative_ids is not None and hard_negatives is None:
         raise ValueError("hard_negative_ids given without hard_negatives.")
     if hard_negatives is not None:
@@ -559,7 +328,7 @@ def make_pair_dataset(
         columns["hard_negative_text"] = hard_negatives
 
     if repeat:
-        ds = _epoch_ordered_batches(columns, len(pairs), batch_size, shuffle, seed)
+        ds = epoch_ordered_batches(columns, len(pairs), batch_size, shuffle, seed)
     else:
         ds = tf.data.Dataset.from_tensor_slices(columns)
         if shuffle:
@@ -572,19 +341,10 @@ def make_pair_dataset(
         features = pair_features(query_tokenizer, doc_tokenizer, batch["query_text"],
                                  batch["document_text"])
         if "hard_negative_text" in batch:
-            flat = tf.reshape(batch["hard_negative_text"], [-1])
-            h = doc_tokenizer(flat)
-            for key in ("token_ids", "padding_mask"):
-                value = tf.cast(h[key], tf.int32)
-                value = tf.reshape(value, [batch_size, num_hard, -1])
-                features["hard_negative_document_" + key] = tf.ensure_shape(
-                    value, [batch_size, num_hard, h[key].shape[-1]]
-                )
+            add_grouped_features(features, doc_tokenizer, batch["hard_negative_text"],
+                                 batch_size, num_hard, keys.HARD_NEGATIVE_DOCUMENT)
         if padding == "longest":
-            features = trim_to_bucket(features, "query_", length_buckets)
-            features = trim_to_bucket(features, "document_", length_buckets)
-            if "hard_negative_text" in batch:
-                features = trim_to_bucket(features, "hard_negative_document_", length_buckets)
+            features = trim_all_to_buckets(features, length_buckets)
         return features, batch["labels"]
 
     ds = ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -30,6 +30,7 @@ import os
 import tensorflow as tf
 
 from samtone_tf._keras import IS_KERAS3, keras, register_serializable
+from samtone_tf.precision import check_precision, policy_name
 
 KERASHUB_PREFIX = "kerashub:"
 TFHUB_PREFIX = "tfhub:"
@@ -43,7 +44,7 @@ _KERAS2_KERASHUB_ERROR = (
     "keras-hub backbones are Keras 3 models and cannot be trained inside a Keras 2 "
     "(tf_keras, TF_USE_LEGACY_KERAS=1) model: they would build but train nothing. Export "
     "the backbone to the TF-Hub layout in a Keras 3 process with "
-    "`samtone_tf.encoders.export_tfhub_layout(backbone, output_dir)` and pass `output_dir` "
+    "`samtone_tf.towers.encoders.export_tfhub_layout(backbone, output_dir)` and pass `output_dir` "
     "(a TF-Hub-layout SavedModel path) instead."
 )
 
@@ -62,6 +63,16 @@ def _is_keras3_layer(obj):
         (getattr(cls, "__module__", "") or "").startswith("keras.src.")
         for cls in type(obj).__mro__
     )
+
+
+def pooler_variables(backbone):
+    """The variables of a keras-hub backbone's pooler (BERT's ``pooled_dense``), if any.
+
+    The towers here read ``sequence_output`` only (mean pooling, or the first token for
+    ``"cls"``), so the pooler takes no part in the loss: it is kept out of the trainable
+    variables (no optimizer slots for it, no "gradients do not exist" warning)."""
+    pooler = getattr(backbone, "pooled_dense", None)
+    return list(pooler.weights) if pooler is not None else []
 
 
 def _tfhub_inputs(inputs):
@@ -117,6 +128,8 @@ class KerasHubEncoder(keras.layers.Layer):
                 f"got {type(backbone).__name__}"
             )
         super().__init__(**kwargs)
+        if pooler_variables(backbone):
+            backbone.pooled_dense.trainable = False  # unused: see pooler_variables
         self.backbone = backbone
         backbone_inputs = backbone.input
         self._input_names = (
@@ -321,8 +334,6 @@ def saved_model_precision(restored):
 
 def _backbone_in_precision(backbone, precision):
     """``backbone``, or a copy of it (same weights) computing in ``precision``."""
-    from samtone_tf.precision import check_precision, policy_name
-
     check_precision(precision, allow_auto=False)
     if str(backbone.compute_dtype) == precision:
         return backbone
@@ -342,7 +353,8 @@ def export_tfhub_layout(backbone, output_dir, vocabulary_file=None, precision=No
     backbone's maximum length), returning float32 ``"sequence_output"`` [B, L, H] and
     ``"pooled_output"`` [B, H]; traced for ``training=True`` and ``False`` so it fine-tunes;
     plus ``variables`` and ``trainable_variables`` lists, as ``hub.KerasLayer(trainable=True)``
-    and ``hub.load`` expect. ``"encoder_outputs"`` (per-layer outputs) is not written.
+    and ``hub.load`` expect; the pooler (``pooled_output``) is not among the trainable ones
+    (see :func:`pooler_variables`). ``"encoder_outputs"`` (per-layer outputs) is not written.
 
     Must run in a process where keras-hub works (it is a Keras 3 library; it also imports
     under ``TF_USE_LEGACY_KERAS=1``, where the backbone is still a Keras 3 model).
@@ -398,7 +410,10 @@ def export_tfhub_layout(backbone, output_dir, vocabulary_file=None, precision=No
     module = tf.__internal__.tracking.AutoTrackable()
     # The tf.Variables behind the Keras 3 variables: these are what the function captures.
     module.variables = [getattr(v, "value", v) for v in backbone.variables]
-    module.trainable_variables = [getattr(v, "value", v) for v in backbone.trainable_variables]
+    # the pooler is exported frozen: the towers read sequence_output (see pooler_variables)
+    frozen = {id(getattr(v, "value", v)) for v in pooler_variables(backbone)}
+    module.trainable_variables = [getattr(v, "value", v) for v in backbone.trainable_variables
+                                  if id(getattr(v, "value", v)) not in frozen]
     module.regularization_losses = []
     module.compute_precision = tf.Variable(precision, trainable=False, name="compute_precision")
     call = tf.function(encode)
@@ -411,94 +426,3 @@ def export_tfhub_layout(backbone, output_dir, vocabulary_file=None, precision=No
     output_dir = os.fspath(output_dir)
     tf.saved_model.save(module, output_dir)
     return output_dir
-
-
-def _looks_like_saved_model(path):
-    return os.path.isdir(path) and (
-        os.path.exists(os.path.join(path, "saved_model.pb"))
-        or os.path.exists(os.path.join(path, "saved_model.pbtxt"))
-    )
-
-
-def make_encoder(spec, dropout=None, **kwargs):
-    """Builds a text encoder from a specification.
-
-    Args:
-        spec: one of
-            * ``"pretrained:<name>"`` (e.g. ``"pretrained:minilm-l6"``) -> the offline
-              pretrained encoder of ``samtone_tf.pretrained``, converted once and cached;
-            * a keras-hub backbone object -> ``KerasHubEncoder(spec)`` (Keras 3 only);
-            * ``"kerashub:<preset name or folder>"`` -> ``KerasHubEncoder.from_preset``
-              (Keras 3 only);
-            * a path to a TF-Hub-layout SavedModel folder, ``"tfhub:<handle>"`` or an
-              ``http(s)://`` TF-Hub handle -> ``TFHubEncoder``;
-            * an encoder layer of this process's Keras generation (``KerasHubEncoder``,
-              ``TFHubEncoder`` or your own layer with the same contract) -> returned as is.
-        dropout: a dropout rate in [0, 1) replacing the encoder's own, or ``None`` (keep
-            it). Possible for keras-hub backbones and presets, ``KerasHubEncoder`` s (a copy
-            with the same weights) and ``"pretrained:"`` specs (a TF-Hub-layout SavedModel
-            with that rate is written into the cache once); a SavedModel's rate is fixed
-            when it is exported, so other TF-Hub specs refuse it.
-        **kwargs: forwarded to the encoder constructor (``trainable``, ``name``, ...).
-
-    Raises:
-        ValueError: `spec` is none of the above, or `dropout` cannot be applied to it.
-        RuntimeError: a keras-hub spec under Keras 2 (export it with ``export_tfhub_layout``).
-    """
-    if isinstance(spec, os.PathLike):
-        spec = os.fspath(spec)
-    if dropout is not None:
-        dropout = check_dropout(dropout)
-    if isinstance(spec, str):
-        if spec.startswith("pretrained:"):
-            from samtone_tf.pretrained import pretrained_encoder
-
-            return pretrained_encoder(spec, dropout=dropout, **kwargs)
-        if spec.startswith(KERASHUB_PREFIX):
-            return KerasHubEncoder.from_preset(spec[len(KERASHUB_PREFIX):], dropout=dropout,
-                                               **kwargs)
-        if dropout is not None:
-            raise ValueError(
-                f"`dropout` cannot change the rate of {spec!r}: a SavedModel's dropout is "
-                "fixed when it is exported. Export the backbone again with that rate "
-                "(samtone_tf.encoders.backbone_with_dropout, then export_tfhub_layout), or "
-                "use a 'pretrained:' or 'kerashub:' spec.")
-        if spec.startswith(TFHUB_PREFIX):
-            return TFHubEncoder(spec[len(TFHUB_PREFIX):], **kwargs)
-        if spec.startswith(("http://", "https://")) or _looks_like_saved_model(spec):
-            return TFHubEncoder(spec, **kwargs)
-        raise ValueError(
-            f"`spec`={spec!r} is neither 'pretrained:<name>', 'kerashub:<preset or folder>', 'tfhub:<handle>', a "
-            "TF-Hub handle URL, nor a folder holding a SavedModel (saved_model.pb)"
-        )
-    if _is_keras_hub_object(spec):
-        if not IS_KERAS3:
-            raise RuntimeError(_KERAS2_KERASHUB_ERROR)
-        if dropout is not None:
-            spec = backbone_with_dropout(spec, dropout)
-        return KerasHubEncoder(spec, **kwargs)
-    if isinstance(spec, KerasHubEncoder) and dropout is not None:
-        backbone = backbone_with_dropout(spec.backbone, dropout)
-        if backbone is spec.backbone and not kwargs:
-            return spec
-        return KerasHubEncoder(backbone, **kwargs)
-    if isinstance(spec, keras.layers.Layer):
-        if dropout is not None:
-            raise ValueError(
-                f"`dropout` cannot change the rate of a {type(spec).__name__} object; pass "
-                "a keras-hub backbone, a KerasHubEncoder or a string spec, or build the "
-                "layer with the rate you want.")
-        if kwargs:
-            raise ValueError(
-                f"`spec` is already an encoder layer; unexpected keyword arguments {sorted(kwargs)}"
-            )
-        return spec
-    if _is_keras3_layer(spec) and not IS_KERAS3:
-        raise RuntimeError(
-            "`spec` is a Keras 3 layer but this process runs Keras 2 (TF_USE_LEGACY_KERAS=1); "
-            + _KERAS2_KERASHUB_ERROR
-        )
-    raise ValueError(
-        f"`spec` must be a keras-hub backbone, an encoder layer, a 'kerashub:...' string or a "
-        f"TF-Hub-layout SavedModel path; got {type(spec).__name__}"
-    )

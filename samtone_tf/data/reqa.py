@@ -4,7 +4,7 @@ ReQA (Ahmad et al. 2019, arXiv:1907.04780) and MultiReQA (Guo et al. 2021,
 arXiv:2005.02507) turn a reading-comprehension set into a retrieval task: the
 candidates are *all sentences of all paragraphs*, and a question's relevant
 candidate is the sentence that contains its answer. Metrics are P@1 and MRR
-(see :func:`samtone_tf.retrieval.evaluate_run`).
+(see :func:`samtone_tf.evaluation.retrieval.evaluate_run`).
 
 The output has the shape of :func:`samtone_tf.data.load_beir`: ``corpus`` (candidate
 id -> sentence), ``queries`` (SQuAD question id -> question), ``qrels`` (question id ->
@@ -57,7 +57,7 @@ import re
 import warnings
 from typing import Dict, List, Tuple
 
-from samtone_tf.data import _strict_text, _warn_empty
+from samtone_tf.data.text import strict_text as _strict_text, warn_empty as _warn_empty
 
 __all__ = [
     "ABBREVIATIONS",

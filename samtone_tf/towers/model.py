@@ -5,24 +5,17 @@ import os
 
 import tensorflow as tf
 
-from samtone_tf import _keras, gradcache
+from samtone_tf import _keras
 from samtone_tf._keras import IS_KERAS3, keras, register_serializable
-from samtone_tf.encoders import make_encoder
+from samtone_tf.keys import (DOCUMENT_KEYS, HARD_NEGATIVE_DOCUMENT_KEYS,
+                             HARD_NEGATIVE_QUERY_KEYS, QUERY_KEYS)
 from samtone_tf.precision import precision_of_layer, precision_scope
+from samtone_tf.towers import gradcache
+from samtone_tf.towers.pooling import mean_pool
+from samtone_tf.towers.specs import make_encoder
 
 ARCHITECTURES = ("sde", "ade", "ade-spl")
 POOLINGS = ("mean", "cls")
-
-QUERY_KEYS = ("query_token_ids", "query_padding_mask")
-DOCUMENT_KEYS = ("document_token_ids", "document_padding_mask")
-HARD_NEGATIVE_DOCUMENT_KEYS = (
-    "hard_negative_document_token_ids",
-    "hard_negative_document_padding_mask",
-)
-HARD_NEGATIVE_QUERY_KEYS = (
-    "hard_negative_query_token_ids",
-    "hard_negative_query_padding_mask",
-)
 
 
 def _serialize(layer):
@@ -40,14 +33,6 @@ def _make_encoder(spec, argument, dropout=None):
         return make_encoder(spec, dropout=dropout)
     except ValueError as error:
         raise ValueError(f"`{argument}`: {error}") from error
-
-
-def mean_pool(sequence, padding_mask):
-    """Mean of ``sequence`` [B, L, H] over positions where ``padding_mask`` [B, L] is set."""
-    mask = tf.cast(padding_mask, sequence.dtype)[:, :, None]
-    total = tf.reduce_sum(sequence * mask, axis=1)
-    count = tf.maximum(tf.reduce_sum(mask, axis=1), tf.cast(1.0, sequence.dtype))
-    return total / count
 
 
 @register_serializable("DualEncoder")
@@ -97,7 +82,7 @@ class DualEncoder(keras.Model):
 
     Args:
         query_encoder: the query encoder, or the shared one for ``"sde"``; anything
-            ``samtone_tf.encoders.make_encoder`` accepts (a keras-hub backbone, a
+            ``samtone_tf.towers.specs.make_encoder`` accepts (a keras-hub backbone, a
             ``"kerashub:..."`` string, a TF-Hub-layout SavedModel path, an encoder layer).
         document_encoder: the document encoder for ``"ade"`` / ``"ade-spl"``. ``None`` there
             is allowed only when ``query_encoder`` is a string spec (it is then loaded a
@@ -110,7 +95,7 @@ class DualEncoder(keras.Model):
         learnable_temperature: learn the softmax temperature as described above.
         initial_temperature: initial temperature tau (> 0) for ``learnable_temperature``.
         max_logit_scale: upper bound of the learnt scale 1/tau.
-        mini_batch_size: train with gradient caching (see ``samtone_tf.gradcache``): each
+        mini_batch_size: train with gradient caching (see ``samtone_tf.towers.gradcache``): each
             replica's batch is embedded and back-propagated ``mini_batch_size`` examples at
             a time (the last mini-batch holds the remainder), while the loss still sees
             the whole global batch; the gradients equal the uncached step's and the memory
@@ -120,7 +105,7 @@ class DualEncoder(keras.Model):
             later as ``model.mini_batch_size``.
         dropout: the dropout rate of encoders built here, overriding the checkpoint's
             (``None``, the default, keeps it); for keras-hub backbones and the pretrained
-            encoders (see ``samtone_tf.encoders.make_encoder``).
+            encoders (see ``samtone_tf.towers.specs.make_encoder``).
         precision: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"``: build the
             projections and any encoder given as a string spec under that precision (see
             ``samtone_tf.precision``); ``None`` (default): the Keras global policy in force.

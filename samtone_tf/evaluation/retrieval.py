@@ -18,9 +18,13 @@ left out of the averages (trec_eval would average them in as 0); ``num_queries``
 the number evaluated.
 """
 
-from typing import Callable, Dict, Iterable, Mapping, Sequence
+from typing import Dict, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from samtone_tf._util import check_positive_int, l2_normalize
+# texts -> embeddings lives in samtone_tf.towers.embedders; importable from here too
+from samtone_tf.towers.embedders import encode_corpus, iter_encoded_batches
 
 __all__ = [
     "encode_corpus",
@@ -51,63 +55,6 @@ def _as_float_matrix(x, what):
     return x
 
 
-def _l2_normalize(x):
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, np.finfo(x.dtype).tiny)
-
-
-def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
-
-
-def iter_encoded_batches(encode_fn: Callable, texts: Sequence[str], batch_size: int, *, progress=True,
-                         desc="encoding"):
-    """Yields ``encode_fn(texts[i:i + batch_size])`` as NumPy ``[b, dim]`` arrays, in order.
-
-    Args:
-      encode_fn: maps a list of ``b`` strings to ``[b, dim]`` embeddings (NumPy or a
-        tensor with ``.numpy()``).
-      texts: the texts (a sequence; its length sizes the progress bar).
-      batch_size: texts per call; the last batch may be smaller.
-      progress: show a tqdm progress bar (counting texts).
-
-    Raises:
-      ValueError: bad ``batch_size``, or ``encode_fn`` returned the wrong number of rows
-        or not a 2-D array.
-    """
-    _check_batch_size(batch_size)
-    from tqdm.auto import tqdm
-
-    texts = list(texts)
-    with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress) as bar:
-        for i in range(0, len(texts), batch_size):
-            chunk = texts[i : i + batch_size]
-            out = encode_fn(chunk)
-            if hasattr(out, "numpy"):
-                out = out.numpy()
-            out = np.asarray(out)
-            if out.ndim != 2 or out.shape[0] != len(chunk):
-                raise ValueError(
-                    f"encode_fn returned shape {out.shape} for {len(chunk)} texts (texts {i}..{i + len(chunk) - 1}); "
-                    "expected [num_texts, dim]."
-                )
-            bar.update(len(chunk))
-            yield out
-
-
-def encode_corpus(encode_fn: Callable, texts: Sequence[str], batch_size: int, *, progress=True):
-    """Encodes all ``texts`` in batches (tqdm progress bar); returns ``[len(texts), dim]``.
-
-    For corpora too large for memory, pass :func:`iter_encoded_batches` straight to
-    :func:`search` instead.
-    """
-    batches = list(iter_encoded_batches(encode_fn, texts, batch_size, progress=progress))
-    if not batches:
-        raise ValueError("texts is empty.")
-    return np.concatenate(batches, axis=0)
-
-
 def search(query_embeddings, corpus_embedding_batches: Iterable, k: int, *, normalize=True):
     """Exact top-k by dot product, streaming over corpus batches.
 
@@ -128,11 +75,10 @@ def search(query_embeddings, corpus_embedding_batches: Iterable, k: int, *, norm
     Raises:
       ValueError: bad ``k``, empty corpus, or a dimension mismatch.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}.")
+    check_positive_int(k, "k")
     queries = _as_float_matrix(query_embeddings, "query_embeddings")
     if normalize:
-        queries = _l2_normalize(queries)
+        queries = l2_normalize(queries)
     num_queries = queries.shape[0]
     top_scores = np.empty((num_queries, 0), dtype=queries.dtype)
     top_indices = np.empty((num_queries, 0), dtype=np.int64)
@@ -148,7 +94,7 @@ def search(query_embeddings, corpus_embedding_batches: Iterable, k: int, *, norm
         if batch.shape[0] == 0:
             continue
         if normalize:
-            batch = _l2_normalize(batch)
+            batch = l2_normalize(batch)
         scores = queries @ batch.T  # [Q, b]
         indices = np.broadcast_to(np.arange(offset, offset + batch.shape[0], dtype=np.int64), scores.shape)
         offset += batch.shape[0]

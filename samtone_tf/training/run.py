@@ -9,7 +9,26 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Optional
+
+import tensorflow as tf
+
+from samtone_tf._keras import KERAS_VERSION, keras, register_serializable
+from samtone_tf._util import atomic_write_json, check_positive_int
+from samtone_tf.data.formats import get_format, load_data
+from samtone_tf.data.pairs import check_padding, make_pair_dataset, training_pairs_from_qrels
+from samtone_tf.data.tokenization import BertTextTokenizer
+from samtone_tf.evaluation import run as evaluation
+from samtone_tf.export import export_dual_encoder
+from samtone_tf.losses import SamToNeLoss, validate_loss_options
+from samtone_tf.precision import check_precision, resolve_precision
+from samtone_tf.towers import pretrained
+from samtone_tf.towers.encoders import check_dropout
+from samtone_tf.towers.gradcache import check_mini_batch_size
+from samtone_tf.towers.model import DualEncoder
+from samtone_tf.training import resilience
+from samtone_tf.training import strategy as strategy_lib
 
 LOSS_KEYS = ("temperature", "similarity", "same_tower", "bidirectional", "dual_weight",
              "partition", "mask_duplicates")
@@ -22,11 +41,13 @@ class TrainConfig:
 
     # data
     data: str = ""
-    format: str = "beir"                 # beir | squad
-    train_split: str = "train"           # BEIR qrels split to train on
-    eval_split: str = "test"             # BEIR qrels split to evaluate on
+    format: str = "beir"                 # a registered format: beir | squad
+    train_split: Optional[str] = None    # null: beir train; squad train articles (all with eval_data)
+    eval_split: Optional[str] = None     # null: beir test; squad dev articles (all with eval_data)
     dev_fraction: float = 0.2            # squad: articles held out for evaluation
     data_seed: int = 0
+    eval_data: Optional[str] = None      # a separate evaluation set (replaces the split)
+    eval_format: Optional[str] = None    # its format; null: `format`
     max_train_pairs: Optional[int] = None
     # model
     encoder: str = "pretrained:minilm-l6"
@@ -88,29 +109,26 @@ class TrainConfig:
         return cls(**raw)
 
     def validate(self):
-        from samtone_tf.losses import validate_loss_options
-
         if not self.data:
             raise ValueError("`data` is required (a BEIR folder or a SQuAD JSON file).")
-        if self.format not in ("beir", "squad"):
-            raise ValueError(f"`format` must be 'beir' or 'squad', got {self.format!r}.")
-        from samtone_tf.data import check_padding
-        from samtone_tf.precision import check_precision
-
+        get_format(self.format)
+        if self.eval_format is not None:
+            get_format(self.eval_format)
+            if self.eval_data is None:
+                raise ValueError("`eval_format` is given without `eval_data`.")
+        if self.eval_data is not None and self.dev_fraction != TrainConfig.dev_fraction:
+            warnings.warn(f"`dev_fraction` ({self.dev_fraction}) is unused: `eval_data` is "
+                          "the evaluation set, so no articles are held out of `data`.",
+                          UserWarning, stacklevel=2)
         check_precision(self.precision)
         check_padding(self.padding)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}.")
         for name in ("batch_size", "epochs", "query_max_length", "document_max_length",
                      "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            check_positive_int(getattr(self, name), f"`{name}`")
         for name in ("steps_per_epoch", "checkpoint_every"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
-                raise ValueError(f"`{name}` must be a positive integer or null, got {value!r}.")
+            check_positive_int(getattr(self, name), f"`{name}`", allow_none=True)
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}.")
         if self.warmup_steps < 0:
@@ -120,24 +138,17 @@ class TrainConfig:
         validate_loss_options(temperature=self.temperature, similarity=self.similarity,
                               same_tower=self.same_tower, bidirectional=self.bidirectional,
                               dual_weight=self.dual_weight, partition=self.partition)
-        from samtone_tf.encoders import check_dropout
-        from samtone_tf.gradcache import check_mini_batch_size
-
         check_mini_batch_size(self.mini_batch_size)
         if self.dropout is not None:
             check_dropout(self.dropout)
-        if not self.encoder.startswith("pretrained:") and not self.vocab:
+        if pretrained.pretrained_name(self.encoder) is None and not self.vocab:
             raise ValueError("`vocab` (a WordPiece vocab.txt) is required for encoder "
                              f"{self.encoder!r}; only 'pretrained:<name>' brings its own.")
 
 
 def make_strategy(spec):
-    """``auto``: :func:`samtone_tf.strategy.get_strategy`; ``default``: no distribution;
+    """``auto``: :func:`samtone_tf.training.strategy.get_strategy`; ``default``: no distribution;
     ``cpu:N``: MirroredStrategy over N logical CPU devices (must run before TF initialises)."""
-    import tensorflow as tf
-
-    from samtone_tf import strategy as strategy_lib
-
     if spec == "default":
         return tf.distribute.get_strategy()
     if spec.startswith("cpu:"):
@@ -152,61 +163,57 @@ def learning_rate_schedule(config, total_steps):
     return WarmupDecay(config.learning_rate, total_steps, config.warmup_steps, config.schedule)
 
 
-def _make_schedule_class():
-    import tensorflow as tf
+@register_serializable("WarmupDecay")
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to ``peak`` over ``warmup_steps``, then ``kind`` decay to 0."""
 
-    from samtone_tf._keras import keras, register_serializable
+    def __init__(self, peak, total_steps, warmup_steps=0, kind="linear"):
+        self.peak = float(peak)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.kind = kind
 
-    @register_serializable("WarmupDecay")
-    class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
-        """Linear warmup to ``peak`` over ``warmup_steps``, then ``kind`` decay to 0."""
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = tf.cast(max(self.warmup_steps, 1), tf.float32)
+        decay_len = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
+        progress = tf.clip_by_value((step - self.warmup_steps) / decay_len, 0.0, 1.0)
+        if self.kind == "cosine":
+            decayed = 0.5 * (1.0 + tf.cos(math.pi * progress))
+        elif self.kind == "linear":
+            decayed = 1.0 - progress
+        else:
+            decayed = tf.ones_like(progress)
+        warmup = tf.minimum(1.0, (step + 1.0) / warm) if self.warmup_steps else 1.0
+        return self.peak * warmup * decayed
 
-        def __init__(self, peak, total_steps, warmup_steps=0, kind="linear"):
-            self.peak = float(peak)
-            self.total_steps = int(total_steps)
-            self.warmup_steps = int(warmup_steps)
-            self.kind = kind
-
-        def __call__(self, step):
-            step = tf.cast(step, tf.float32)
-            warm = tf.cast(max(self.warmup_steps, 1), tf.float32)
-            decay_len = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
-            progress = tf.clip_by_value((step - self.warmup_steps) / decay_len, 0.0, 1.0)
-            if self.kind == "cosine":
-                decayed = 0.5 * (1.0 + tf.cos(math.pi * progress))
-            elif self.kind == "linear":
-                decayed = 1.0 - progress
-            else:
-                decayed = tf.ones_like(progress)
-            warmup = tf.minimum(1.0, (step + 1.0) / warm) if self.warmup_steps else 1.0
-            return self.peak * warmup * decayed
-
-        def get_config(self):
-            return dict(peak=self.peak, total_steps=self.total_steps,
-                        warmup_steps=self.warmup_steps, kind=self.kind)
-
-    return WarmupDecay
-
-
-WarmupDecay = _make_schedule_class()
+    def get_config(self):
+        return dict(peak=self.peak, total_steps=self.total_steps,
+                    warmup_steps=self.warmup_steps, kind=self.kind)
 
 
 def _load_training_data(config):
-    """``(train_pairs, (corpus, queries, qrels) for evaluation)``."""
-    from samtone_tf import data as data_lib
-    from samtone_tf import evaluation, reqa
+    """``(train_pairs, (corpus, queries, qrels) for evaluation or None)``.
 
-    if config.format == "beir":
-        corpus, queries, qrels = data_lib.load_beir(config.data, config.train_split)
-        pairs = data_lib.training_pairs_from_qrels(corpus, queries, qrels)
-        eval_data = (evaluation.load_eval_data(config.data, "beir", config.eval_split)
-                     if config.evaluate else None)
+    Without ``eval_data`` one source is split (its format's train / held-out splits: BEIR
+    qrels files, ReQA articles by ``dev_fraction``); with it, training reads ``data``
+    (all of it for a format with a whole split, such as squad) and evaluation reads
+    ``eval_data``."""
+    fmt = get_format(config.format)
+    split_options = dict(dev_fraction=config.dev_fraction, seed=config.data_seed)
+    if config.eval_data is None:
+        train_split = config.train_split or fmt.train_split
+        eval_split = config.eval_split or fmt.heldout_split
+        eval_source = (config.data, fmt.name)
     else:
-        train_json, dev_json = reqa.split_by_article(config.data, config.dev_fraction,
-                                                     config.data_seed)
-        corpus, queries, qrels = reqa.build_reqa(train_json)
-        pairs = data_lib.training_pairs_from_qrels(corpus, queries, qrels)
-        eval_data = reqa.build_reqa(dev_json) if config.evaluate else None
+        train_split = config.train_split or fmt.whole_split or fmt.train_split
+        eval_fmt = get_format(config.eval_format or fmt.name)
+        eval_split = config.eval_split or eval_fmt.default_split
+        eval_source = (config.eval_data, eval_fmt.name)
+    corpus, queries, qrels = load_data(config.data, fmt.name, train_split, **split_options)
+    pairs = training_pairs_from_qrels(corpus, queries, qrels)
+    eval_data = (load_data(*eval_source, eval_split, **split_options)
+                 if config.evaluate else None)
     if config.max_train_pairs:
         pairs = pairs[:config.max_train_pairs]
     return pairs, eval_data
@@ -215,14 +222,10 @@ def _load_training_data(config):
 def _tokenizers(config):
     """The query and document tokenizers (the encoder itself is ``config.encoder``, which
     ``DualEncoder`` resolves)."""
-    if config.encoder.startswith("pretrained:"):
-        from samtone_tf import pretrained
-
+    if pretrained.pretrained_name(config.encoder) is not None:
         model = pretrained.load_pretrained(config.encoder)
         return (model.tokenizer(config.query_max_length),
                 model.tokenizer(config.document_max_length))
-    from samtone_tf.tokenization import BertTextTokenizer
-
     return (BertTextTokenizer(config.vocab, config.query_max_length),
             BertTextTokenizer(config.vocab, config.document_max_length))
 
@@ -233,16 +236,7 @@ def train(config, *, strategy=None, verbose=1):
     config.validate()
     strategy = strategy or make_strategy(config.strategy)
 
-    import tensorflow as tf
-
-    import samtone_tf
-    from samtone_tf import data as data_lib
-    from samtone_tf import evaluation, resilience
-    from samtone_tf._keras import keras
-
     os.makedirs(config.output_dir, exist_ok=True)
-    from samtone_tf.precision import resolve_precision
-
     keras.utils.set_random_seed(config.seed)
     pairs, eval_data = _load_training_data(config)
     precision = resolve_precision(config.precision)  # after the strategy: a TPU counts
@@ -257,7 +251,7 @@ def train(config, *, strategy=None, verbose=1):
 
     def make_dataset():
         # A fresh dataset replays the same batches (see resilience.fit_resumable).
-        return data_lib.make_pair_dataset(pairs, (query_tok, doc_tok), config.batch_size,
+        return make_pair_dataset(pairs, (query_tok, doc_tok), config.batch_size,
                                           shuffle=True, seed=config.seed, repeat=True,
                                           padding=config.padding)
 
@@ -266,7 +260,7 @@ def train(config, *, strategy=None, verbose=1):
     total_steps = steps_per_epoch * config.epochs
 
     with strategy.scope():
-        model = samtone_tf.DualEncoder(
+        model = DualEncoder(
             encoder_spec, architecture=config.architecture, projection_dim=config.projection_dim,
             pooling=config.pooling, learnable_temperature=config.learnable_temperature,
             initial_temperature=config.temperature, precision=precision,
@@ -276,7 +270,7 @@ def train(config, *, strategy=None, verbose=1):
             loss_kwargs.update(similarity="dot", temperature=1.0)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate_schedule(config, total_steps)),
-            loss=samtone_tf.SamToNeLoss(**loss_kwargs))
+            loss=SamToNeLoss(**loss_kwargs))
     # Build the variables now (checkpoints are restored into a built model), in replica
     # context: under MirroredStrategy a TF-Hub SavedModel's restored functions fail when
     # called in cross-replica context (inside `strategy.scope()` but outside `run`).
@@ -289,7 +283,7 @@ def train(config, *, strategy=None, verbose=1):
 
     summary = {"config": dataclasses.asdict(config), "train_pairs": len(pairs),
                "replicas": replicas, "steps": total_steps,
-               "keras": samtone_tf.KERAS_VERSION, "precision": model.compute_precision}
+               "keras": KERAS_VERSION, "precision": model.compute_precision}
     def run_evaluation(key):
         corpus, queries, qrels = eval_data
         query_fn, doc_fn = evaluation.dual_encoder_fns(model, query_tok, doc_tok)
@@ -325,11 +319,8 @@ def train(config, *, strategy=None, verbose=1):
     if config.evaluate and eval_data is not None:
         run_evaluation("metrics")
     if config.export:
-        from samtone_tf.export import export_dual_encoder
-
         summary["export_dir"] = export_dual_encoder(
             model, query_tok, doc_tok, os.path.join(config.output_dir, "export"),
             overwrite=True)
-    with open(os.path.join(config.output_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    atomic_write_json(os.path.join(config.output_dir, "summary.json"), summary, indent=2)
     return summary

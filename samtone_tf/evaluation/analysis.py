@@ -29,6 +29,10 @@ import sys
 
 import numpy as np
 
+from samtone_tf.evaluation import run as evaluation
+from samtone_tf.towers.embedders import iter_encoded_batches
+from samtone_tf.towers.pretrained import pretrained_name
+
 __all__ = [
     "alignment",
     "uniformity",
@@ -469,17 +473,14 @@ def _check_model_spec(label, spec):
         raise ValueError(f"model {label!r}: expected 'pretrained:<name>', an exported "
                          f"SavedModel folder or a (query_fn, document_fn) pair, got {spec!r}.")
     spec = os.fspath(spec)
-    if not spec.startswith("pretrained:") and not os.path.isfile(
+    if pretrained_name(spec) is None and not os.path.isfile(
             os.path.join(spec, "saved_model.pb")):
         raise ValueError(f"model {label!r}: {spec!r} is neither 'pretrained:<name>' nor a "
                          "SavedModel folder written by `samtone-tf export`.")
 
 
 def _encode(fn, texts, batch_size, progress, desc):
-    from samtone_tf import retrieval
-
-    batches = retrieval.iter_encoded_batches(fn, texts, batch_size, progress=progress,
-                                             desc=desc)
+    batches = iter_encoded_batches(fn, texts, batch_size, progress=progress, desc=desc)
     return np.concatenate(list(batches), axis=0)
 
 
@@ -516,8 +517,6 @@ def analyze(models, corpus, queries, qrels, output_dir, *, max_pairs=500, seed=0
       figure file names), ``pairs`` (the ``[query id, document id]`` pairs) and ``models``
       (``{label: {"config": {...}, "report": embedding_report(...)}}``).
     """
-    from samtone_tf import evaluation
-
     _check_similarity(similarity)
     if not isinstance(models, dict) or not models:
         raise ValueError("`models` must be a non-empty dict {label: model spec}.")

@@ -47,8 +47,8 @@ environment (``_convert_in_subprocess``). The result is used as
 
 Example:
 ```python
-from samtone_tf.pretrained import dual_encoder_components, encode_texts
-from samtone_tf.model import DualEncoder
+from samtone_tf import DualEncoder
+from samtone_tf.towers.pretrained import dual_encoder_components, encode_texts
 
 query_tok, doc_tok, spec = dual_encoder_components("minilm-l6", query_max_length=64)
 model = DualEncoder(spec, architecture="sde", pooling="mean", normalize=True)
@@ -64,14 +64,19 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import tensorflow as tf
 
 from samtone_tf._keras import IS_KERAS3
-from samtone_tf.tokenization import BertTextTokenizer
+from samtone_tf._util import atomic_directory, check_positive_int
+from samtone_tf.data.pairs import trim_to_longest
+from samtone_tf.data.tokenization import BertTextTokenizer
+from samtone_tf.precision import check_precision, current_precision, resolve_precision
+from samtone_tf.towers.embedders import as_text_list, encode_by_length
+from samtone_tf.towers.encoders import check_dropout, export_tfhub_layout
+from samtone_tf.towers.pooling import mean_pool
 
 __all__ = [
     "PRETRAINED_MODELS",
@@ -82,7 +87,7 @@ __all__ = [
     "pretrained_model_folder",
     "pretrained_cache_dir",
     "dual_encoder_components",
-    "pretrained_encoder",
+    "pretrained_name",
     "resolve_pretrained_spec",
     "encode_texts",
     "load_exact_gelu_backbone",
@@ -94,7 +99,7 @@ __all__ = [
 PRETRAINED_PREFIX = "pretrained:"
 
 #: Bump when the cache's content or layout changes: old caches are then ignored.
-CONVERSION_FORMAT = 1
+CONVERSION_FORMAT = 2  # 2: the encoder SavedModel's pooler is not trainable
 
 _MARKER = "samtone_pretrained.json"
 _CACHE_ENV = "SAMTONE_TF_CACHE"
@@ -122,9 +127,16 @@ def conversion_count():
     return _conversions
 
 
+def pretrained_name(spec):
+    """The model name of a ``"pretrained:<name>"`` spec; ``None`` for any other spec
+    (the one place that reads the prefix)."""
+    if isinstance(spec, str) and spec.startswith(PRETRAINED_PREFIX):
+        return spec[len(PRETRAINED_PREFIX):]
+    return None
+
+
 def _model_info(name):
-    if name.startswith(PRETRAINED_PREFIX):
-        name = name[len(PRETRAINED_PREFIX):]
+    name = pretrained_name(name) or name
     if name not in PRETRAINED_MODELS:
         raise ValueError(
             f"Unknown pretrained model {name!r}; known: {sorted(PRETRAINED_MODELS)}"
@@ -207,7 +219,7 @@ def exact_gelu_backbone_class():
 
     Defined on first use (it imports keras-hub) and registered with Keras 3's serialisation
     as ``"samtone_tf>ExactGeluBertBackbone"``, so saved presets and configs that use it load
-    in any process that has imported ``samtone_tf.pretrained`` (under Keras 3 the import
+    in any process that has imported ``samtone_tf.towers.pretrained`` (under Keras 3 the import
     defines it; under Keras 2 call this function first).
     """
     global _EXACT_GELU_CLASS
@@ -304,8 +316,6 @@ def _write_cache(name, target):
     folder = pretrained_model_folder(name)
     start = time.perf_counter()
     backbone = load_exact_gelu_backbone(name)
-    from samtone_tf.encoders import export_tfhub_layout
-
     os.makedirs(target)
     vocab = os.path.join(target, "vocab.txt")
     shutil.copyfile(os.path.join(folder, "vocab.txt"), vocab)
@@ -342,28 +352,19 @@ def _write_encoder_variant(model, precision, path, dropout=None):
     (with dropout rate ``dropout`` unless ``None``) into ``path`` (atomically: a temporary
     sibling renamed into place)."""
     dropout = "" if dropout is None else repr(float(dropout))
-    parent = os.path.dirname(path)
-    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-    target = os.path.join(scratch, "encoder")
-    try:
+    # another process may finish the same variant first: then its copy is kept
+    with atomic_directory(path, exists="keep") as target:
         if _keras_hub_importable():
             _export_variant(model.cache_dir, precision, target, dropout)
         else:
             _run_in_keras3_subprocess("_export_variant", model.cache_dir, precision, target,
                                       dropout)
-        try:
-            os.rename(target, path)
-        except OSError:  # another process finished first
-            if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise RuntimeError(f"{path} holds no SavedModel (saved_model.pb); delete it.")
 
 
 def _export_variant(cache_dir, precision, target, dropout=""):
     """``dropout``: a rate as a string, or ``""`` for the checkpoint's (subprocess args)."""
-    from samtone_tf.encoders import export_tfhub_layout
-
     exact_gelu_backbone_class()
     import keras_hub
 
@@ -445,31 +446,18 @@ def convert_pretrained(name="minilm-l6", cache_dir=None, force=False):
             f"{final} exists but is not a complete samtone_tf cache (no {_MARKER}): delete "
             "it, pass another cache_dir, or convert_pretrained(..., force=True) to replace it"
         )
-    parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
-    target = os.path.join(scratch, "cache")
-    try:
+    # an empty folder (e.g. made by the caller) is replaced; with `force` an old cache too;
+    # a complete cache that another process wrote meanwhile is kept
+    with atomic_directory(final, exists="replace" if force else "keep") as target:
         if _keras_hub_importable():
             _write_cache(name, target)
         else:
             _convert_in_subprocess(name, target)
         if _read_marker(target) is None:
             raise RuntimeError(f"Conversion of {name!r} left no {_MARKER} in {target}")
-        if os.path.isdir(final) and not os.listdir(final):
-            os.rmdir(final)  # an empty directory (e.g. made by the caller) is replaced
-        if force and os.path.exists(final):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old-", dir=parent)
-            os.rename(final, os.path.join(old, "cache"))
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.rename(target, final)  # atomic on one file system
-        except OSError:
-            # Another process finished first: keep its (complete) cache.
-            if _read_marker(final) is None:
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    if _read_marker(final) is None:
+        raise RuntimeError(f"{final} is not a complete samtone_tf cache (no {_MARKER}): "
+                           "delete it and convert again")
     return final
 
 
@@ -539,9 +527,6 @@ class PretrainedEncoder:
         float32 with the checkpoint's rate is ``encoder_path``; any other is written once
         beside it (``encoder-bfloat16``, ``encoder-float32-dropout0``, ...) from the
         keras-hub preset."""
-        from samtone_tf.encoders import check_dropout
-        from samtone_tf.precision import check_precision, current_precision
-
         precision = current_precision() if precision is None else precision
         check_precision(precision, allow_auto=False)
         if dropout is None and precision == "float32":
@@ -574,12 +559,6 @@ class PretrainedEncoder:
             exact_gelu_backbone_class()  # the preset's class must be registered
             return "kerashub:" + self.kerashub_preset
         return self.encoder_path_for(precision, dropout)
-
-    def encoder(self, backend=None, **kwargs):
-        """The encoder layer (``make_encoder(self.encoder_spec(backend), **kwargs)``)."""
-        from samtone_tf.encoders import make_encoder
-
-        return make_encoder(self.encoder_spec(backend), **kwargs)
 
     def backbone(self):
         """The exact-GELU keras-hub backbone loaded from the cached preset (Keras 3 model)."""
@@ -666,20 +645,9 @@ def dual_encoder_components(
 def resolve_pretrained_spec(spec, backend=None, cache_dir=None, dropout=None):
     """``"pretrained:<name>"`` -> an encoder spec ``make_encoder`` accepts (converting once;
     ``dropout`` as in ``PretrainedEncoder.encoder_spec``)."""
-    if not isinstance(spec, str) or not spec.startswith(PRETRAINED_PREFIX):
+    if pretrained_name(spec) is None:
         raise ValueError(f"`spec` must be '{PRETRAINED_PREFIX}<name>'; got {spec!r}")
     return load_pretrained(spec, cache_dir).encoder_spec(backend, dropout=dropout)
-
-
-def pretrained_encoder(spec, backend=None, cache_dir=None, dropout=None, **kwargs):
-    """The encoder layer for ``"pretrained:<name>"`` (for ``make_encoder`` to delegate to),
-    with dropout rate ``dropout`` (``None``: the checkpoint's)."""
-    from samtone_tf.encoders import make_encoder
-
-    resolved = resolve_pretrained_spec(spec, backend, cache_dir, dropout=dropout)
-    # a keras-hub preset takes the rate when it is built; the SavedModel variant has it
-    keras_hub_spec = resolved.startswith("kerashub:")
-    return make_encoder(resolved, dropout=dropout if keras_hub_spec else None, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -692,9 +660,6 @@ def _encode_fn(model, max_length, precision):
     key = (model.cache_dir, max_length, precision)
     if key not in _ENCODE_FNS:
         import tensorflow_hub as hub
-
-        from samtone_tf.data import trim_to_longest
-        from samtone_tf.model import mean_pool
 
         restored = hub.load(model.encoder_path_for(precision))
         tokenizer = model.tokenizer(max_length)
@@ -720,20 +685,6 @@ def _encode_fn(model, max_length, precision):
     return _ENCODE_FNS[key][:2]
 
 
-def _as_text_list(texts):
-    if isinstance(texts, tf.Tensor):
-        texts = texts.numpy()
-    items = np.asarray(texts, dtype=object).ravel().tolist()
-    out = []
-    for t in items:
-        if isinstance(t, bytes):
-            t = t.decode("utf-8")
-        if not isinstance(t, str):
-            raise ValueError(f"`texts` must hold strings; got {type(t).__name__}")
-        out.append(t)
-    return out
-
-
 def encode_texts(texts, batch_size=64, name="minilm-l6", max_length=None, cache_dir=None,
                  precision=None):
     """Embeds texts like sentence-transformers' ``model.encode`` for the checkpoint.
@@ -753,27 +704,18 @@ def encode_texts(texts, batch_size=64, name="minilm-l6", max_length=None, cache_
     Returns:
         float32 numpy array ``[len(texts), hidden_dim]`` of unit vectors.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}")
-    if isinstance(texts, str):
-        raise ValueError("`texts` must be a list of strings, not one string")
+    check_positive_int(batch_size, "batch_size")
+    texts = as_text_list(texts)
     model = load_pretrained(name, cache_dir)
-    texts = _as_text_list(texts)
     if not texts:
         return np.zeros((0, model.hidden_dim), np.float32)
-    from samtone_tf.precision import current_precision, resolve_precision
-
     precision = current_precision() if precision is None else resolve_precision(precision)
     encode, lengths = _encode_fn(model, max_length or model.max_length, precision)
     token_lengths = np.concatenate(
         [lengths(tf.constant(texts[i:i + 1024])).numpy() for i in range(0, len(texts), 1024)]
     )
-    order = np.argsort(-token_lengths, kind="stable")
-    out = np.empty((len(texts), model.hidden_dim), np.float32)
-    for start in range(0, len(texts), batch_size):
-        idx = order[start:start + batch_size]
-        out[idx] = encode(tf.constant([texts[i] for i in idx])).numpy()
-    return out
+    return encode_by_length(lambda batch: encode(tf.constant(batch)), texts, batch_size,
+                            lengths=token_lengths).astype(np.float32, copy=False)
 
 
 if IS_KERAS3:  # register ExactGeluBertBackbone so saved presets/configs deserialise

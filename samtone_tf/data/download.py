@@ -21,13 +21,14 @@ import dataclasses
 import hashlib
 import http.client
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
 from typing import Dict, Optional
+
+from samtone_tf._util import atomic_directory
 
 __all__ = [
     "DATASETS",
@@ -264,8 +265,11 @@ def download_dataset(name, cache_dir, *, progress=True, registry=None) -> str:
     if os.path.isdir(target) and not verify_files(target, spec.files):
         return target
     archive = download(spec.url, spec.sha256, cache_dir, spec.filename, md5=spec.md5, progress=progress)
-    staging = tempfile.mkdtemp(dir=cache_dir, prefix=f".{spec.extract_to}.", suffix=".part")
-    try:
+    # extracted and verified beside the cache, then one rename (an old copy that failed
+    # verification is replaced only by a verified one)
+    with atomic_directory(target, exists="replace") as out, \
+            tempfile.TemporaryDirectory(dir=cache_dir, prefix=f".{spec.extract_to}.",
+                                        suffix=".part") as staging:
         _safe_extract(archive, staging)
         extracted = os.path.join(staging, spec.extract_to)
         if not os.path.isdir(extracted):
@@ -274,9 +278,5 @@ def download_dataset(name, cache_dir, *, progress=True, registry=None) -> str:
         if problems:
             detail = "; ".join(f"{rel}: {why}" for rel, why in problems)
             raise DownloadError(f"{archive}: extracted files do not verify ({detail}); nothing was extracted.")
-        if os.path.isdir(target):  # an old copy that failed verification
-            shutil.rmtree(target)
-        os.replace(extracted, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        os.rename(extracted, out)
     return target

@@ -59,19 +59,16 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from samtone_tf import data as data_lib
-from samtone_tf import retrieval
+from samtone_tf import keys
 from samtone_tf._keras import keras
+from samtone_tf._util import check_positive_int
+from samtone_tf.data import pairs as data_lib
+from samtone_tf.evaluation import retrieval
+from samtone_tf.towers import embedders
 
 __all__ = ["HardNegativeMiner", "HardNegativeMiningCallback", "INITIAL_CHOICES"]
 
 INITIAL_CHOICES = ("mine", "random", "keep")
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 def _select(ranked, excluded, skip_top, depth, count, rng):
@@ -101,27 +98,10 @@ def _replica_encoders(model, query_tokenizer, document_tokenizer, strategy):
     corpus. Inside ``fit`` under a multi-replica strategy (Keras 2 keeps the strategy's
     scope open in callbacks) a TF-Hub SavedModel's restored functions fail when called in
     cross-replica context."""
-
-    from samtone_tf import evaluation
-
-    encode_queries, encode_documents = evaluation.encoder_tf_functions(
+    encode_queries, encode_documents = embedders.encoder_tf_functions(
         model, query_tokenizer, document_tokenizer)
-    replicas = strategy.num_replicas_in_sync
-
-    def split(encode):
-        def fn(texts):
-            texts = list(texts)
-            per = -(-len(texts) // replicas)
-            padded = texts + [texts[-1]] * (per * replicas - len(texts))
-            values = strategy.experimental_distribute_values_from_function(
-                lambda ctx: tf.constant(padded[ctx.replica_id_in_sync_group * per:
-                                               (ctx.replica_id_in_sync_group + 1) * per]))
-            # every replica holds `per` rows: the gather (in replica order) is the texts' order
-            gathered = strategy.gather(strategy.run(lambda t: encode(t), args=(values,)), axis=0)
-            return np.asarray(gathered)[:len(texts)]
-        return fn
-
-    return split(encode_queries), split(encode_documents)
+    return (embedders.on_replicas(encode_queries, strategy),
+            embedders.on_replicas(encode_documents, strategy))
 
 
 def _checked_table(name, table, expected, limit, what, excluded, describe):
@@ -168,14 +148,14 @@ class HardNegativeMiner:
     def __init__(self, pairs, corpus, tokenizer_or_tokenizers, *, qrels=None,
                  num_hard_documents=1, num_hard_queries=0, depth=None, skip_top=0, seed=0,
                  normalize=True, encode_batch_size=64):
-        self.num_hard_documents = _check_int("num_hard_documents", num_hard_documents, 1)
-        self.num_hard_queries = _check_int("num_hard_queries", num_hard_queries, 0)
-        self.skip_top = _check_int("skip_top", skip_top, 0)
-        self.seed = _check_int("seed", seed, 0)
-        self.encode_batch_size = _check_int("encode_batch_size", encode_batch_size, 1)
+        self.num_hard_documents = check_positive_int(num_hard_documents, "`num_hard_documents`")
+        self.num_hard_queries = check_positive_int(num_hard_queries, "`num_hard_queries`", minimum=0)
+        self.skip_top = check_positive_int(skip_top, "`skip_top`", minimum=0)
+        self.seed = check_positive_int(seed, "`seed`", minimum=0)
+        self.encode_batch_size = check_positive_int(encode_batch_size, "`encode_batch_size`")
         largest = max(self.num_hard_documents, self.num_hard_queries)
         if depth is not None:
-            depth = _check_int("depth", depth, 1)
+            depth = check_positive_int(depth, "`depth`")
             if depth < largest:
                 raise ValueError(f"`depth` ({depth}) must be >= max(num_hard_documents, "
                                  f"num_hard_queries) = {largest}, or None.")
@@ -185,10 +165,10 @@ class HardNegativeMiner:
         self.normalize = normalize
         if not isinstance(corpus, dict) or not corpus:
             raise ValueError("`corpus` must be a non-empty {doc_id: text} dict.")
-        self.pairs = data_lib._normalise_pairs(pairs)
+        self.pairs = data_lib.normalise_pairs(pairs)
         if not self.pairs:
             raise ValueError("`pairs` is empty.")
-        self.query_tokenizer, self.document_tokenizer = data_lib._split_tokenizers(
+        self.query_tokenizer, self.document_tokenizer = data_lib.split_tokenizers(
             tokenizer_or_tokenizers)
         self.corpus = corpus
         self.doc_ids = list(corpus)
@@ -340,8 +320,6 @@ class HardNegativeMiner:
         :class:`samtone_tf.DualEncoder`: its ``encode_queries`` / ``encode_documents``) and
         mines new tables. Returns ``{"seconds", "encode_seconds", "search_seconds",
         "documents", "queries", "docs_per_second"}``."""
-        from samtone_tf.evaluation import dual_encoder_fns
-
         start = time.perf_counter()
         strategy = None
         if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
@@ -351,15 +329,15 @@ class HardNegativeMiner:
         if self._encoders is None or self._encoders[:2] != (model, strategy):
             # traced once per model, not per refresh
             if strategy is None:
-                fns = dual_encoder_fns(model, self.query_tokenizer, self.document_tokenizer)
+                fns = embedders.dual_encoder_fns(model, self.query_tokenizer, self.document_tokenizer)
             else:
                 fns = _replica_encoders(model, self.query_tokenizer, self.document_tokenizer,
                                         strategy)
             self._encoders = (model, strategy, fns)
         query_fn, document_fn = self._encoders[2]
-        d = retrieval.encode_corpus(document_fn, self.doc_texts, self.encode_batch_size,
+        d = embedders.encode_corpus(document_fn, self.doc_texts, self.encode_batch_size,
                                     progress=progress)
-        q = retrieval.encode_corpus(query_fn, self.query_texts, self.encode_batch_size,
+        q = embedders.encode_corpus(query_fn, self.query_texts, self.encode_batch_size,
                                     progress=progress)
         encode_seconds = time.perf_counter() - start
         search_seconds = self.mine_from_embeddings(q, d)
@@ -393,10 +371,8 @@ class HardNegativeMiner:
         to its bucket by default).
         """
         data_lib.check_padding(padding)
-        length_buckets = data_lib._check_length_buckets(length_buckets)
-        if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        length_buckets = data_lib.check_length_buckets(length_buckets)
+        check_positive_int(batch_size, "batch_size")
         if batch_size > len(self.pairs):
             raise ValueError(f"batch_size={batch_size} exceeds the {len(self.pairs)} pairs.")
         # labels: one id per output slot (query, document, hard-negative documents, then
@@ -413,7 +389,7 @@ class HardNegativeMiner:
             "query_row": np.array([self._query_row[p[0]] for p in self.pairs], np.int32),
             "positive_row": np.array([self._positive_row[p[2]] for p in self.pairs], np.int32),
         }
-        batches = data_lib._epoch_ordered_batches(columns, len(self.pairs), batch_size,
+        batches = data_lib.epoch_ordered_batches(columns, len(self.pairs), batch_size,
                                                   shuffle, seed)
         corpus_texts = tf.constant(self.doc_texts)
         query_texts = tf.constant(self.query_texts)
@@ -421,31 +397,23 @@ class HardNegativeMiner:
         hd, hq = self.num_hard_documents, self.num_hard_queries
         query_tokenizer, doc_tokenizer = self.query_tokenizer, self.document_tokenizer
 
-        def grouped(tokenizer, texts, count, prefix, features):
-            tokens = tokenizer(tf.reshape(texts, [-1]))
-            for key in ("token_ids", "padding_mask"):
-                value = tf.reshape(tf.cast(tokens[key], tf.int32), [batch_size, count, -1])
-                features[prefix + key] = tf.ensure_shape(
-                    value, [batch_size, count, tokens[key].shape[-1]])
-
         @tf.autograph.experimental.do_not_convert
         def tokenize(batch):
             features = data_lib.pair_features(query_tokenizer, doc_tokenizer,
                                               batch["query_text"], batch["document_text"])
             rows = tf.gather(doc_table.read_value(), batch["query_row"])  # [B, Hd]
-            grouped(doc_tokenizer, tf.gather(corpus_texts, rows), hd,
-                    "hard_negative_document_", features)
+            data_lib.add_grouped_features(features, doc_tokenizer,
+                                          tf.gather(corpus_texts, rows), batch_size, hd,
+                                          keys.HARD_NEGATIVE_DOCUMENT)
             labels = [batch["labels"], tf.gather(corpus_labels, rows)]
             if hq:
                 rows = tf.gather(query_table.read_value()[:, :hq], batch["positive_row"])
-                grouped(query_tokenizer, tf.gather(query_texts, rows), hq,
-                        "hard_negative_query_", features)
+                data_lib.add_grouped_features(features, query_tokenizer,
+                                              tf.gather(query_texts, rows), batch_size, hq,
+                                              keys.HARD_NEGATIVE_QUERY)
                 labels.append(tf.gather(query_labels, rows))
             if padding == "longest":
-                for prefix in ("query_", "document_", "hard_negative_document_",
-                               "hard_negative_query_"):
-                    if prefix + "token_ids" in features:
-                        features = data_lib.trim_to_bucket(features, prefix, length_buckets)
+                features = data_lib.trim_all_to_buckets(features, length_buckets)
             return features, tf.ensure_shape(tf.concat(labels, axis=1),
                                               [batch_size, 2 + hd + hq])
 
@@ -464,8 +432,8 @@ class HardNegativeMiningCallback(keras.callbacks.Callback):
     The refresh encodes the corpus and the training queries with the model being fitted
     (``model.encode_documents`` / ``encode_queries`` through
     :func:`samtone_tf.evaluation.dual_encoder_fns` and
-    :func:`samtone_tf.retrieval.encode_corpus`) and mines new negatives (see
-    :mod:`samtone_tf.mining`); the dataset from ``miner.dataset(...)`` reads them from the
+    :func:`samtone_tf.evaluation.retrieval.encode_corpus`) and mines new negatives (see
+    :mod:`samtone_tf.training.mining`); the dataset from ``miner.dataset(...)`` reads them from the
     next batch it produces on.
 
     Args:
@@ -488,7 +456,7 @@ class HardNegativeMiningCallback(keras.callbacks.Callback):
         if not isinstance(miner, HardNegativeMiner):
             raise ValueError(f"`miner` must be a HardNegativeMiner, got {type(miner).__name__}.")
         self.miner = miner
-        self.every_n_steps = _check_int("every_n_steps", every_n_steps, 1)
+        self.every_n_steps = check_positive_int(every_n_steps, "`every_n_steps`")
         if initial not in INITIAL_CHOICES:
             raise ValueError(f"`initial` must be one of {INITIAL_CHOICES}, got {initial!r}.")
         self.initial = initial

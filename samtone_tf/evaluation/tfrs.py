@@ -2,8 +2,8 @@
 
 tensorflow-recommenders (TFRS) 0.7 imports only under Keras 2 (``TF_USE_LEGACY_KERAS=1``
 set before TensorFlow is imported); under Keras 3 everything here raises an
-``ImportError`` that says so (use :func:`samtone_tf.retrieval.search` and
-:func:`samtone_tf.retrieval.evaluate_run` there, which need no TFRS).
+``ImportError`` that says so (use :func:`samtone_tf.evaluation.retrieval.search` and
+:func:`samtone_tf.evaluation.retrieval.evaluate_run` there, which need no TFRS).
 
 ``FactorizedTopK(candidates=dataset.map(...))`` (TFRS's streaming index) fails in a
 mirrored ``evaluate``; an index built from *eagerly computed* corpus embeddings works. So:
@@ -34,7 +34,9 @@ with ``"query_token_ids"``, ``"query_padding_mask"`` int32 ``[B, Lq]`` and
 import numpy as np
 import tensorflow as tf
 
-from samtone_tf._keras import IS_KERAS3, keras
+from samtone_tf._keras import IS_KERAS3, KERAS_VERSION, keras
+from samtone_tf._util import check_positive_int, l2_normalize
+from samtone_tf.towers import embedders
 
 __all__ = [
     "TFRS_REQUIREMENT",
@@ -51,16 +53,14 @@ DEFAULT_KS = (1, 10, 100)
 POSITIVE_INDEX_KEY = "positive_index"
 
 TFRS_REQUIREMENT = (
-    "samtone_tf.tfrs_eval needs tensorflow-recommenders, which works only with Keras 2: set "
+    "samtone_tf.evaluation.tfrs needs tensorflow-recommenders, which works only with Keras 2: set "
     "TF_USE_LEGACY_KERAS=1 in the environment before TensorFlow is imported (this process "
     "runs Keras {version}; tf_keras must be installed). Under Keras 3 use "
-    "samtone_tf.retrieval.search + evaluate_run instead."
+    "samtone_tf.evaluation.retrieval.search + evaluate_run instead."
 )
 
 
 def _requirement_message():
-    from samtone_tf._keras import KERAS_VERSION
-
     return TFRS_REQUIREMENT.format(version=KERAS_VERSION)
 
 
@@ -96,8 +96,8 @@ def encode_corpus_embeddings(model, document_tokens, batch_size=64):
     """Encodes tokenised documents eagerly with ``model.encode_documents``.
 
     Runs through ``model.distribute_strategy.run`` (the default strategy for plain
-    models), so it works inside a strategy scope and in callbacks during ``fit``; under a
-    single-worker strategy each replica encodes a slice of each batch.
+    models), so it works inside a strategy scope and in callbacks during ``fit``; each
+    replica encodes a slice of each batch (:func:`samtone_tf.towers.embedders.on_replicas`).
 
     Args:
       model: a ``DualEncoder`` (anything with ``encode_documents``).
@@ -108,8 +108,7 @@ def encode_corpus_embeddings(model, document_tokens, batch_size=64):
     Returns:
       float32 NumPy ``[N, dim]``.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    check_positive_int(batch_size, "batch_size")
     ids = np.asarray(document_tokens["token_ids"])
     mask = np.asarray(document_tokens["padding_mask"])
     if ids.ndim != 2 or ids.shape != mask.shape:
@@ -117,33 +116,12 @@ def encode_corpus_embeddings(model, document_tokens, batch_size=64):
             f"token_ids {ids.shape} and padding_mask {mask.shape} must both be [N, L]."
         )
     strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-    encode = tf.function(lambda f: model.encode_documents(f, training=False), reduce_retracing=True)
-    replicas = strategy.num_replicas_in_sync
-    # Each local replica encodes its own contiguous slice (gathered back in replica order);
-    # with replicas on other workers, every replica encodes the whole batch instead.
-    split = replicas > 1 and len(strategy.extended.worker_devices) == replicas
-    out = []
-    for start in range(0, len(ids), batch_size):
-        chunk_ids = ids[start:start + batch_size].astype(np.int32)
-        chunk_mask = mask[start:start + batch_size].astype(np.int32)
-        if split:
-            bounds = np.linspace(0, len(chunk_ids), replicas + 1).astype(int)
-
-            def local(context, bounds=bounds, chunk_ids=chunk_ids, chunk_mask=chunk_mask):
-                lo, hi = bounds[context.replica_id_in_sync_group], bounds[context.replica_id_in_sync_group + 1]
-                return {"token_ids": tf.constant(chunk_ids[lo:hi]),
-                        "padding_mask": tf.constant(chunk_mask[lo:hi])}
-
-            features = strategy.experimental_distribute_values_from_function(local)
-        else:
-            features = {"token_ids": tf.constant(chunk_ids), "padding_mask": tf.constant(chunk_mask)}
-        # strategy.run, not a plain call: TF-Hub towers (hub.KerasLayer) fail when called
-        # in the cross-replica context inside a MirroredStrategy scope (as in callbacks).
-        results = strategy.experimental_local_results(strategy.run(encode, args=(features,)))
-        if split:
-            out.extend(r.numpy() for r in results)
-        else:
-            out.append(results[0].numpy())
+    encode = embedders.on_replicas(
+        tf.function(lambda f: model.encode_documents(f, training=False), reduce_retracing=True),
+        strategy)
+    out = [encode({"token_ids": ids[start:start + batch_size].astype(np.int32),
+                   "padding_mask": mask[start:start + batch_size].astype(np.int32)})
+           for start in range(0, len(ids), batch_size)]
     return np.concatenate(out, axis=0).astype(np.float32)
 
 
@@ -178,7 +156,7 @@ class FactorizedTopKEvaluator(keras.Model):
     over a ``BruteForce`` index whose identifiers are the corpus rows ``0 .. N-1``:
     top-k categorical accuracy at each ``k`` = fraction of (query, positive) pairs whose
     positive row is among the ``k`` highest dot-product scores (``tf.math.top_k``; ties
-    go to the earlier row, as in ``samtone_tf.retrieval.search``).
+    go to the earlier row, as in ``samtone_tf.evaluation.retrieval.search``).
 
     Args:
       dual_encoder: a trained ``DualEncoder`` (its query tower is used; it is not trained).
@@ -217,8 +195,7 @@ class FactorizedTopKEvaluator(keras.Model):
         super().__init__(**kwargs)
         num_docs = corpus_embeddings.shape[0]
         if normalize:
-            norms = np.linalg.norm(corpus_embeddings, axis=1, keepdims=True)
-            corpus_embeddings = corpus_embeddings / np.maximum(norms, np.finfo(np.float32).tiny)
+            corpus_embeddings = l2_normalize(corpus_embeddings)
         self.dual_encoder = dual_encoder
         self.normalize = normalize
         self.ks = ks
@@ -287,8 +264,7 @@ class FactorizedTopKCallback(keras.callbacks.Callback):
                  batch_size=64, every_n_epochs=1, prefix="val_"):
         require_tfrs()
         super().__init__()
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be a positive int, got {every_n_epochs!r}.")
+        check_positive_int(every_n_epochs, "every_n_epochs")
         self.query_dataset = query_dataset
         self.document_tokens = document_tokens
         self.ks = tuple(ks)

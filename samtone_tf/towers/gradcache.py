@@ -18,7 +18,7 @@ order); the peak memory is one mini-batch's activations, the batch's embeddings 
 gradients, and one gradient accumulator per variable (the model's size again).
 
 Dropout replays exactly. Random masks of Keras 3 layers (keras-hub backbones) and of
-TF-Hub-layout SavedModels written by :func:`samtone_tf.encoders.export_tfhub_layout` are
+TF-Hub-layout SavedModels written by :func:`samtone_tf.towers.encoders.export_tfhub_layout` are
 drawn from seed-generator state variables, integer variables that each draw advances by a
 fixed amount, whatever the data. The step reads every integer non-trainable variable of the
 model before pass 1 and writes it back before pass 3, so pass 3 walks through the same
@@ -180,7 +180,7 @@ def cached_step_gradients(model, x, y, sample_weight, mini_batch_size):
             f"`mini_batch_size` replays each mini-batch's dropout masks, but the Keras 2 "
             f"layers {unreplayable} draw theirs from stateful random ops that cannot draw "
             "the same masks twice. Set their rate to 0, or use a TF-Hub-layout SavedModel "
-            "(samtone_tf.encoders.export_tfhub_layout) or a Keras 3 model, whose dropout "
+            "(samtone_tf.towers.encoders.export_tfhub_layout) or a Keras 3 model, whose dropout "
             "replays.")
 
     def forward(x_i):

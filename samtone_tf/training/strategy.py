@@ -85,7 +85,7 @@ def configure_cpu_replicas(n):
             return [d.name for d in have[:n]]
         raise RuntimeError(
             f"Cannot configure {n} logical CPU devices: TensorFlow is already initialised "
-            f"with {len(have)}. Call samtone_tf.strategy.configure_cpu_replicas({n}) at "
+            f"with {len(have)}. Call samtone_tf.training.strategy.configure_cpu_replicas({n}) at "
             "program start, before any TensorFlow op runs."
         ) from e
     return [d.name for d in tf.config.list_logical_devices("CPU")[:n]]
