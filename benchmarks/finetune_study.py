@@ -62,7 +62,8 @@ def run_one(variant, architecture, seed, steps, pairs, eval_data, args, evaluate
     from samtone_tf import data as data_lib
     from samtone_tf import evaluation
     from samtone_tf.towers import pretrained
-    from samtone_tf._keras import keras
+    import tensorflow as tf
+    keras = tf.keras  # the generation TF_USE_LEGACY_KERAS picked
     from samtone_tf.training import TrainConfig, learning_rate_schedule
 
     qt, dt, spec = pretrained.dual_encoder_components(

@@ -73,7 +73,7 @@ def child(args):
     from samtone_tf import data as data_lib
     from samtone_tf.towers import pretrained
     from samtone_tf.data import reqa
-    from samtone_tf._keras import keras
+    keras = tf.keras  # the generation TF_USE_LEGACY_KERAS picked
     from samtone_tf.precision import resolve_precision
 
     keras.utils.set_random_seed(0)

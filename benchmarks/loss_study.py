@@ -185,7 +185,9 @@ def make_head_model(dim, architecture):
     ``SamToNeLoss`` expects."""
     import tensorflow as tf
 
-    from samtone_tf._keras import keras
+    import tensorflow as tf
+
+    keras = tf.keras  # the generation TF_USE_LEGACY_KERAS picked
 
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}.")
@@ -289,7 +291,8 @@ class Study:
     def train(self, variant, architecture, seed, steps, learning_rate, train_mask=None):
         """Trains one model; returns ``(kernels, record)``."""
         import samtone_tf
-        from samtone_tf._keras import keras
+        import tensorflow as tf
+        keras = tf.keras  # the generation TF_USE_LEGACY_KERAS picked
 
         spec = VARIANTS[variant]
         hd, hq = spec.get("hard_documents", 0), spec.get("hard_queries", 0)

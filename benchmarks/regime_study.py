@@ -185,7 +185,8 @@ def small_backbone(args, vocabulary_size):
 def study1_model(architecture, init, seed, args, vocabulary_size):
     """The untrained model of one study-1 cell: the random draws depend on ``seed`` only."""
     import samtone_tf
-    from samtone_tf._keras import keras
+    import tensorflow as tf
+    keras = tf.keras  # the generation TF_USE_LEGACY_KERAS picked
     from samtone_tf.towers.encoders import KerasHubEncoder
 
     keras.utils.set_random_seed(seed)
@@ -218,7 +219,8 @@ class Study1:
         import samtone_tf
         from samtone_tf import data as data_lib
         from samtone_tf import evaluation
-        from samtone_tf._keras import keras
+        import tensorflow as tf
+        keras = tf.keras  # the generation TF_USE_LEGACY_KERAS picked
         from samtone_tf.training import TrainConfig, learning_rate_schedule
 
         args = self.args
@@ -301,7 +303,8 @@ def study2_finetune(args, runs, save, pairs, eval_data):
     from samtone_tf import data as data_lib
     from samtone_tf import evaluation
     from samtone_tf.towers import pretrained
-    from samtone_tf._keras import keras
+    import tensorflow as tf
+    keras = tf.keras  # the generation TF_USE_LEGACY_KERAS picked
     from samtone_tf.training import TrainConfig, learning_rate_schedule
 
     done = {run_key(r) for r in runs}

@@ -86,10 +86,10 @@ What is measured:
    and ``model.encode`` (float32 and inside autocast) over the same documents.
 4. **Encoding docs/s** of ``--encode-docs`` (1024) SQuAD sentences, batch 128, texts sorted
    longest first (as ``evaluate_retrieval`` does), with padding ``per_batch`` (samtone_tf's
-   ``evaluation.dual_encoder_fns``: each batch padded to its longest text; vs
+   ``embedders.dual_encoder_fns``: each batch padded to its longest text; vs
    sentence-transformers' default ``encode``, which pads the same way) and ``fixed``
    (every document padded to the document length: samtone_tf
-   ``evaluation.encoder_tf_functions(trim=False)``, sentence-transformers
+   ``embedders.encoder_tf_functions(trim=False)``, sentence-transformers
    ``padding="max_length"``), through ``retrieval.encode_corpus``; every precision; one
    warm-up call per configuration, then ``--encode-repeats`` passes, configurations
    interleaved per repeat. The batch widths of both sides are recorded and compared.
@@ -588,11 +588,10 @@ def main(argv=None):
 
     import samtone_tf
     from samtone_tf import data as data_lib
-    from samtone_tf import evaluation
-    from samtone_tf.towers import pretrained
+    from samtone_tf.towers import embedders, pretrained
     from samtone_tf.data import reqa
     from samtone_tf.evaluation import retrieval
-    from samtone_tf._keras import keras
+    keras = tf.keras  # the generation TF_USE_LEGACY_KERAS picked
     from samtone_tf.precision import precision_scope, resolve_precision
 
     sys.path.insert(0, HERE)
@@ -963,7 +962,7 @@ def main(argv=None):
     # ---- samtone_tf encoding -------------------------------------------------------------
     loads["before_encoding"] = _load()
     ebs = args.encode_batch_size
-    sorted_texts = [doc_texts[i] for i in evaluation._length_order(doc_texts)]
+    sorted_texts = [doc_texts[i] for i in embedders.length_order(doc_texts)]
     real_lengths = np.sum(dt(tf.constant(sorted_texts))["padding_mask"].numpy(), axis=1)
     per_batch_widths = [int(real_lengths[i:i + ebs].max())
                         for i in range(0, len(sorted_texts), ebs)]
@@ -971,8 +970,8 @@ def main(argv=None):
     enc_fns = {}
     for p in precisions:
         model = model_of(f"{REFERENCE}/{p}")
-        fixed_fns = evaluation.encoder_tf_functions(model, qt, dt, trim=False)
-        enc_fns[("per_batch", p)] = evaluation.dual_encoder_fns(model, qt, dt)[1]
+        fixed_fns = embedders.encoder_tf_functions(model, qt, dt, trim=False)
+        enc_fns[("per_batch", p)] = embedders.dual_encoder_fns(model, qt, dt)[1]
         enc_fns[("fixed", p)] = (lambda texts, fn=fixed_fns[1]: fn(tf.constant(texts)))
     enc_widths = {"per_batch": per_batch_widths, "fixed": [ld] * len(per_batch_widths)}
     enc_seconds = {c: [] for c in enc_fns}
@@ -996,9 +995,9 @@ def main(argv=None):
         encoding[padding][p] = {
             "call": "retrieval.encode_corpus(document_fn, texts sorted longest first, "
                     f"{ebs}, progress=False)",
-            "document_fn": ("evaluation.dual_encoder_fns(model, qt, dt)[1]"
+            "document_fn": ("embedders.dual_encoder_fns(model, qt, dt)[1]"
                             if padding == "per_batch" else
-                            "evaluation.encoder_tf_functions(model, qt, dt, trim=False)[1]"),
+                            "embedders.encoder_tf_functions(model, qt, dt, trim=False)[1]"),
             "padding": ("each batch padded to its longest text (the library default)"
                         if padding == "per_batch" else f"every document padded to {ld} tokens"),
             "precision": p, "compute_precision": models[f"{REFERENCE}/{p}"]["compute_precision"],

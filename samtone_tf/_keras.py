@@ -22,6 +22,46 @@ def register_serializable(name):
     return keras.utils.register_keras_serializable(package="samtone_tf", name=name)
 
 
+def default_loss_reduction():
+    """The reduction a ``keras.losses.Loss`` gets by default (mean over the batch)."""
+    return "sum_over_batch_size" if IS_KERAS3 else keras.losses.Reduction.AUTO
+
+
+def serialize_dtype_policy(layer):
+    """A layer's dtype policy as its ``get_config`` stores it."""
+    if IS_KERAS3:
+        return keras.dtype_policies.serialize(layer.dtype_policy)
+    return layer._dtype_policy.name
+
+
+def deserialize_dtype_policy(value):
+    """The inverse of :func:`serialize_dtype_policy` (a name passes through)."""
+    if IS_KERAS3 and isinstance(value, dict):
+        return keras.dtype_policies.deserialize(value)
+    return value
+
+
+def variable_key(variable):
+    """An identity for a variable that is the same however Keras wraps it (Keras 3
+    variables wrap a ``tf.Variable`` in ``.value``)."""
+    return id(getattr(variable, "value", variable)) if IS_KERAS3 else id(variable)
+
+
+def checked_compute_loss(check):
+    """A ``Model.compute_loss`` override, with this generation's signature, that calls
+    ``check(model, x)`` before the built-in ``compute_loss``."""
+    if IS_KERAS3:
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            check(self, x)
+            return keras.Model.compute_loss(self, x, y, y_pred, sample_weight,
+                                            training=training)
+    else:
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
+            check(self, x)
+            return keras.Model.compute_loss(self, x, y, y_pred, sample_weight)
+    return compute_loss
+
+
 # ----------------------------------------------------------------------------------------
 # One training step's pieces, for steps that compute their gradients themselves (the
 # gradient-cached step of ``DualEncoder``): what ``Model.train_step`` does around the tape

@@ -11,8 +11,8 @@ import tempfile
 import numpy as np
 
 
-def check_positive_int(value, name, *, minimum=1, allow_none=False):
-    """``value`` if it is an integer (Python or NumPy, not a bool) of at least ``minimum``
+def check_int(value, name, *, minimum=1, allow_none=False):
+    """``value`` (as an int) if it is an integer (Python or NumPy, not a bool) of at least ``minimum``
     (or ``None`` when ``allow_none``); otherwise a ``ValueError`` naming ``name``."""
     if value is None and allow_none:
         return None

@@ -12,6 +12,7 @@ import time
 import tensorflow as tf
 
 import samtone_tf
+from samtone_tf._util import atomic_write_json
 from samtone_tf.data import download as download_lib
 from samtone_tf.data.formats import format_names, get_format
 from samtone_tf.data.pairs import PADDINGS
@@ -48,10 +49,7 @@ def _info(args):
 
 def _write_json(path, payload):
     if path:
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
+        atomic_write_json(path, payload, indent=2)
 
 
 def _split(args):

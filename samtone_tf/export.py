@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from samtone_tf._keras import KERAS_VERSION
-from samtone_tf._util import atomic_directory, check_positive_int, l2_normalize
+from samtone_tf._util import atomic_directory, check_int, l2_normalize
 from samtone_tf.data.pairs import trim_to_longest
 from samtone_tf.precision import current_precision
 from samtone_tf.serving import (DOCUMENT_SIGNATURE, EXPORT_METADATA_FILE, INDEX_SIGNATURE,
@@ -90,6 +90,7 @@ def _atomic_save(module, output_dir, overwrite, signatures, metadata):
         with atomic_directory(output_dir, exists="replace" if overwrite else "error") as tmp:
             tf.saved_model.save(module, tmp, signatures=signatures)
             meta_path = os.path.join(tmp, EXPORT_METADATA_FILE)
+            os.makedirs(os.path.dirname(meta_path), exist_ok=True)
             with open(meta_path, "w", encoding="utf-8") as f:
                 json.dump(metadata, f, indent=2, sort_keys=True)
     except FileExistsError:  # appeared while we were writing
@@ -386,8 +387,8 @@ def export_index(export_dir_or_model, corpus_ids, corpus_texts, output_dir, k=10
         error other than ImportError (``backend`` ``"auto"`` or ``"tfrs"``).
       FileExistsError: ``output_dir`` exists and ``overwrite`` is False.
     """
-    check_positive_int(k, "k")
-    check_positive_int(batch_size, "batch_size")
+    check_int(k, "k")
+    check_int(batch_size, "batch_size")
     if backend not in ("auto", "tfrs", "tf"):
         raise ValueError(f"backend must be 'auto', 'tfrs' or 'tf'; got {backend!r}.")
     corpus_ids = [str(i) for i in corpus_ids]

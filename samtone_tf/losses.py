@@ -10,8 +10,8 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from samtone_tf import keys
-from samtone_tf._keras import IS_KERAS3, keras, register_serializable
+from samtone_tf import _keras, keys
+from samtone_tf._keras import keras, register_serializable
 from samtone_tf.distribute import gather_global_batch
 
 SIMILARITIES = ("cosine", "dot")
@@ -366,7 +366,7 @@ def _checked_labels(y_true, y_pred):
 
 
 def _default_reduction():
-    return "sum_over_batch_size" if IS_KERAS3 else keras.losses.Reduction.AUTO
+    return _keras.default_loss_reduction()
 
 
 @register_serializable("SamToNeLoss")

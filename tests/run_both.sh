@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command: the whole suite under Keras 3 (default tf.keras) and under Keras 2
-# (TF_USE_LEGACY_KERAS=1). Extra arguments go to pytest. Exits non-zero if either fails.
+# The test command: the whole suite under Keras 3 (default tf.keras), and under Keras 2
+# (TF_USE_LEGACY_KERAS=1) every test whose outcome can depend on the generation: the tests
+# marked keras_independent (NumPy references, loaders, metrics, downloads; see
+# tests/conftest.py) run once. Extra arguments go to pytest. Exits non-zero if either fails.
 #
 # The two generations run at the same time, each in its own process tree with its own
 # pytest temporary directory: much of a test's time is single-threaded (tracing, process
@@ -11,20 +13,22 @@ cd "$(dirname "$0")/.." || exit 2
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/samtone-tests.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 
-run() {  # run NAME [ENV...] : one generation's suite, output to $scratch/NAME.log
-    local name=$1
-    shift
-    env "$@" python -m pytest -q --basetemp="$scratch/$name-tmp" "${pytest_args[@]}" tests \
-        > "$scratch/$name.log" 2>&1
+run() {  # run NAME MARKS [ENV...] : one generation's suite, output to $scratch/NAME.log
+    local name=$1 marks=$2
+    shift 2
+    env "$@" python -m pytest -q --basetemp="$scratch/$name-tmp" ${marks:+-m "$marks"} \
+        "${pytest_args[@]}" tests > "$scratch/$name.log" 2>&1
 }
+
+both="not keras_independent or keras_dependent"  # the marks: tests/conftest.py
 
 pytest_args=("$@")
 if [ "${SAMTONE_TF_SERIAL:-0}" = 1 ]; then
-    run keras3 -u TF_USE_LEGACY_KERAS; status3=$?
-    run keras2 TF_USE_LEGACY_KERAS=1; status2=$?
+    run keras3 "" -u TF_USE_LEGACY_KERAS; status3=$?
+    run keras2 "$both" TF_USE_LEGACY_KERAS=1; status2=$?
 else
-    run keras3 -u TF_USE_LEGACY_KERAS & pid3=$!
-    run keras2 TF_USE_LEGACY_KERAS=1 & pid2=$!
+    run keras3 "" -u TF_USE_LEGACY_KERAS & pid3=$!
+    run keras2 "$both" TF_USE_LEGACY_KERAS=1 & pid2=$!
     wait "$pid3"; status3=$?
     wait "$pid2"; status2=$?
 fi

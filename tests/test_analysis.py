@@ -24,6 +24,8 @@ from samtone_tf.towers import pretrained
 from samtone_tf.precision import resolve_precision
 from tests._requirements import MINILM_HINT, needs, require_data
 
+pytestmark = pytest.mark.keras_independent  # run once: tests/conftest.py
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCIFACT = os.path.join(REPO, "..", "shared", "data", "scifact")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -485,6 +487,7 @@ def test_cli_bad_input_exits_2_with_message(argv, message, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "o" / "analysis.json")
 
 
+@pytest.mark.keras_dependent
 @needs(HAVE_MINILM, MINILM_HINT)
 def test_cli_analyze_minilm_on_scifact_matches_direct_calls(tmp_path, capsys):
     require_data(SCIFACT)

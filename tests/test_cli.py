@@ -117,7 +117,7 @@ def test_evaluate_command_matches_direct_computation(trained, small_beir, tmp_pa
 @pytest.mark.parametrize("argv,message", [
     (["evaluate", "--model", "pretrained:minilm-l6", "--data", "/no/such/dir", "--format", "beir"],
      "does not exist"),
-    (["train", "--data", "/tmp", "--format", "csv"], "format"),
+    (["train", "--data", "/tmp", "--eval-format", "squad"], "eval_format"),
     (["train", "--data", "/tmp", "--encoder", "/some/savedmodel"], "vocab"),
     (["train", "--data", "/tmp", "--same-tower", "document"], "same_tower"),
     (["train", "--data", "/tmp", "--batch-size", "0"], "batch_size"),
@@ -125,6 +125,14 @@ def test_evaluate_command_matches_direct_computation(trained, small_beir, tmp_pa
 def test_bad_input_is_a_clear_error(argv, message, capsys):
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_unknown_format_is_refused_with_the_registered_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--data", "/tmp", "--format", "csv"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--format" in err and "'beir'" in err and "'squad'" in err
 
 
 def test_unknown_config_key_is_named(tmp_path, capsys):

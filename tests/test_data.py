@@ -19,6 +19,8 @@ from samtone_tf.data import (
 from samtone_tf.data.tokenization import BertTextTokenizer, build_wordpiece_vocab
 from tests._requirements import needs_data
 
+pytestmark = pytest.mark.keras_independent  # run once: tests/conftest.py
+
 SCIFACT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "scifact"))
 needs_scifact = needs_data(SCIFACT)
 

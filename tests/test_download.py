@@ -23,6 +23,8 @@ from samtone_tf.data.download import (
 )
 from tests import _requirements
 
+pytestmark = pytest.mark.keras_independent  # run once: tests/conftest.py
+
 DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 SCIFACT = os.path.join(DATA, "scifact")
 needs_data = _requirements.needs_data(SCIFACT)

@@ -138,7 +138,7 @@ def test_tfhub_encoder_output_matches_saved_model(tfhub_path):
 
 def test_tfhub_encoder_fine_tunes(tfhub_path):
     encoder = TFHubEncoder(tfhub_path, trainable=True)
-    n_backbone = len(tiny_backbone().trainable_weights)
+    n_backbone = len(tiny_backbone().trainable_weights) - 2  # the pooler is frozen
     assert len(encoder.trainable_weights) == n_backbone > 0
     features = _features()
     out_before = encoder(features).numpy()
@@ -199,7 +199,9 @@ def test_kerashub_encoder_matches_backbone_and_trains():
     np.testing.assert_allclose(
         encoder(features).numpy(), _backbone_sequence(backbone, features), atol=1e-6
     )
+    # the backbone's own variables, less its unused pooler (frozen by the encoder)
     assert len(encoder.trainable_weights) == len(backbone.trainable_weights) > 0
+    assert not backbone.pooled_dense.trainable
     weights, before, after = _one_sgd_step(encoder, features)
     unchanged = [w.path for w, b, a in zip(weights, before, after) if np.allclose(b, a)]
     assert all(_has_zero_gradient(name) for name in unchanged), unchanged

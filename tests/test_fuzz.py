@@ -29,6 +29,8 @@ from samtone_tf.data import load_beir, make_pair_dataset, training_pairs_from_qr
 from samtone_tf.evaluation import load_eval_data
 from tests.numpy_reference import reference_loss
 
+pytestmark = pytest.mark.keras_independent  # run once: tests/conftest.py
+
 FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -125,6 +127,7 @@ def test_loss_matches_reference(case, in_graph):
     np.testing.assert_allclose(got, expected, rtol=0, atol=_tolerance(q, d, kwargs))
 
 
+@pytest.mark.keras_dependent
 @_settings(30)
 @given(case=loss_cases(), mask=st.booleans())
 def test_keras_loss_matches_reference(case, mask):
@@ -227,6 +230,7 @@ def test_invalid_loss_inputs_raise_clear_errors(spec, message, in_graph):
     assert not isinstance(info.value, tf.errors.OpError)
 
 
+@pytest.mark.keras_dependent
 @_settings(25)
 @given(name=st.sampled_from(["similarity", "same_tower", "partition"]), value=st.text(max_size=8))
 def test_unknown_option_strings_are_named(name, value):
@@ -264,6 +268,7 @@ BAD_KERAS_CALLS = [
 @pytest.mark.parametrize("in_graph", [False, True], ids=["eager", "tf.function"])
 @pytest.mark.parametrize("options,y_true,y_pred,message", BAD_KERAS_CALLS,
                          ids=[m for *_, m in BAD_KERAS_CALLS])
+@pytest.mark.keras_dependent
 def test_invalid_keras_loss_inputs_raise_clear_errors(options, y_true, y_pred, message, in_graph):
     loss = SamToNeLoss(temperature=0.1, **options)
     call = tf.function(loss) if in_graph else loss
@@ -272,6 +277,7 @@ def test_invalid_keras_loss_inputs_raise_clear_errors(options, y_true, y_pred, m
     assert not isinstance(info.value, tf.errors.OpError)
 
 
+@pytest.mark.keras_dependent
 def test_keras_loss_non_finite_ids():
     loss = SamToNeLoss(temperature=0.1, mask_duplicates=True)
     y_true = np.array([[0, 1], [np.nan, 2], [2, 3]], np.float32)
@@ -294,6 +300,7 @@ def test_keras_loss_non_finite_ids():
     (dict(temperature=math.inf), "`temperature` must be finite"),
     (dict(dual_weight=math.nan, bidirectional=True), "`dual_weight`"),
 ])
+@pytest.mark.keras_dependent
 def test_invalid_keras_loss_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamToNeLoss(**kwargs)

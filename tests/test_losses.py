@@ -10,6 +10,8 @@ from samtone_tf import SamToNeLoss, contrastive_loss
 from samtone_tf._keras import keras
 from tests.numpy_reference import reference_loss
 
+pytestmark = pytest.mark.keras_independent  # run once: tests/conftest.py
+
 B, DIM, H = 5, 4, 2
 
 
@@ -233,6 +235,7 @@ def _y_pred(data):
                           axis=1).astype(np.float32)
 
 
+@pytest.mark.keras_dependent
 def test_keras_loss_is_mean_of_per_example_losses_with_layout():
     data = _data(6)
     y_true = np.stack([data["query_ids"], data["document_ids"]], axis=1).astype(np.float32)
@@ -251,6 +254,7 @@ def test_keras_loss_is_mean_of_per_example_losses_with_layout():
     assert float(unmasked(y_true, _y_pred(data))) != pytest.approx(expected, rel=1e-3)
 
 
+@pytest.mark.keras_dependent
 def test_keras_loss_all_extra_slots_are_hard_documents_by_default():
     data = _data(7)
     y_pred = _y_pred(data)  # 2 + 2 * H slots, all extra ones hard-negative documents
@@ -262,6 +266,7 @@ def test_keras_loss_all_extra_slots_are_hard_documents_by_default():
     assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.keras_dependent
 def test_keras_loss_config_round_trip():
     loss = SamToNeLoss(temperature=0.07, similarity="dot", same_tower="both", bidirectional=True,
                        dual_weight=1.0, partition="joint", num_hard_negative_queries=1,
@@ -283,11 +288,13 @@ def test_keras_loss_config_round_trip():
     (dict(same_tower="document"), "same_tower"),
     (dict(temperature=0), "temperature"),
 ])
+@pytest.mark.keras_dependent
 def test_keras_loss_bad_options(kwargs, name):
     with pytest.raises(ValueError, match=name):
         SamToNeLoss(**kwargs)
 
 
+@pytest.mark.keras_dependent
 def test_keras_loss_bad_y_pred():
     with pytest.raises(ValueError, match="y_pred"):
         SamToNeLoss()(np.zeros((2, 2)), np.zeros((2, 4), np.float32))
@@ -296,6 +303,7 @@ def test_keras_loss_bad_y_pred():
             np.zeros((2, 2)), np.zeros((2, 3, 4), np.float32))
 
 
+@pytest.mark.keras_dependent
 def test_import_does_not_touch_keras_switch():
     import os
     import subprocess
@@ -477,6 +485,7 @@ def test_hard_negative_ids_are_checked():
         contrastive_loss(q, d, temperature=0.1, document_ids=[0.5, 1.0])
 
 
+@pytest.mark.keras_dependent
 @pytest.mark.parametrize("known_width", [True, False])
 def test_keras_labels_carry_one_id_per_slot(known_width):
     # y_pred slots: query, document, 2 hard-negative documents, 1 hard-negative query;

@@ -245,7 +245,7 @@ def test_the_unused_pooler_is_not_trained_and_fit_warns_nothing(make_spec, kind)
 
     model = _model(make_spec, "sde", kind)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=_stand_in_loss)
-    x = _inputs()
+    x = _inputs(hard_documents=HD)
     model(x)
     names = [getattr(v, "path", v.name) for v in model.trainable_variables]
     assert names and not [n for n in names if "pooled_dense" in n], names

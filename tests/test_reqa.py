@@ -14,6 +14,8 @@ from samtone_tf.data import training_pairs_from_qrels
 from samtone_tf.data.reqa import ARTICLE_INDEX_KEY, build_reqa, load_reqa, split_by_article, split_sentences
 from tests._requirements import needs_data
 
+pytestmark = pytest.mark.keras_independent  # run once: tests/conftest.py
+
 SQUAD = os.path.normpath(
     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "squad", "squad_v1.1_train_subset.json")
 )

@@ -5,6 +5,8 @@ import pytest
 
 from tests import _requirements, conftest
 
+pytestmark = pytest.mark.keras_independent  # run once: tests/conftest.py
+
 
 @pytest.fixture(params=[None, "false", "true", "TRUE"])
 def ci(request, monkeypatch):

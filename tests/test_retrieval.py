@@ -14,6 +14,8 @@ from samtone_tf.evaluation.retrieval import (
     search,
 )
 
+pytestmark = pytest.mark.keras_independent  # run once: tests/conftest.py
+
 
 def _batches(matrix, batch_size):
     for i in range(0, len(matrix), batch_size):

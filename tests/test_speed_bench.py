@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+pytestmark = pytest.mark.keras_independent  # run once: tests/conftest.py
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.join(HERE, "..", "benchmarks")
 

@@ -20,6 +20,8 @@ from samtone_tf.training.strategy import (
     per_replica_batch_check,
 )
 
+pytestmark = pytest.mark.keras_independent  # run once: tests/conftest.py
+
 REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
 no_gpu = pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="expects a CPU-only machine")
 

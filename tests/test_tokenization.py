@@ -12,6 +12,8 @@ import tensorflow as tf
 from samtone_tf.data.tokenization import BertTextTokenizer, build_wordpiece_vocab, normalize_text
 from tests._requirements import MINILM_HINT, needs, needs_data, needs_package
 
+pytestmark = pytest.mark.keras_independent  # run once: tests/conftest.py
+
 SCIFACT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "scifact")
 
 

@@ -494,7 +494,7 @@ def analyze(models, corpus, queries, qrels, output_dir, *, max_pairs=500, seed=0
         :func:`samtone_tf.evaluation.text_encoders` accepts (``"pretrained:<name>"`` or an
         exported SavedModel folder) or a ``(query_fn, document_fn)`` pair of functions from
         a list of strings to ``[n, dim]`` embeddings (e.g.
-        :func:`samtone_tf.evaluation.dual_encoder_fns` of a live model).
+        :func:`samtone_tf.towers.embedders.dual_encoder_fns` of a live model).
       corpus, queries, qrels: as from :func:`samtone_tf.evaluation.load_eval_data`.
       output_dir: created if needed; receives ``tsne.png``, ``top1_similarity.png``,
         ``same_tower_ratio.png`` and ``analysis.json``.

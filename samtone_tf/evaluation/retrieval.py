@@ -22,7 +22,7 @@ from typing import Dict, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from samtone_tf._util import check_positive_int, l2_normalize
+from samtone_tf._util import check_int, l2_normalize
 # texts -> embeddings lives in samtone_tf.towers.embedders; importable from here too
 from samtone_tf.towers.embedders import encode_corpus, iter_encoded_batches
 
@@ -75,7 +75,7 @@ def search(query_embeddings, corpus_embedding_batches: Iterable, k: int, *, norm
     Raises:
       ValueError: bad ``k``, empty corpus, or a dimension mismatch.
     """
-    check_positive_int(k, "k")
+    check_int(k, "k")
     queries = _as_float_matrix(query_embeddings, "query_embeddings")
     if normalize:
         queries = l2_normalize(queries)

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from samtone_tf._keras import IS_KERAS3, KERAS_VERSION, keras
-from samtone_tf._util import check_positive_int, l2_normalize
+from samtone_tf._util import check_int, l2_normalize
 from samtone_tf.towers import embedders
 
 __all__ = [
@@ -108,7 +108,7 @@ def encode_corpus_embeddings(model, document_tokens, batch_size=64):
     Returns:
       float32 NumPy ``[N, dim]``.
     """
-    check_positive_int(batch_size, "batch_size")
+    check_int(batch_size, "batch_size")
     ids = np.asarray(document_tokens["token_ids"])
     mask = np.asarray(document_tokens["padding_mask"])
     if ids.ndim != 2 or ids.shape != mask.shape:
@@ -264,7 +264,7 @@ class FactorizedTopKCallback(keras.callbacks.Callback):
                  batch_size=64, every_n_epochs=1, prefix="val_"):
         require_tfrs()
         super().__init__()
-        check_positive_int(every_n_epochs, "every_n_epochs")
+        check_int(every_n_epochs, "every_n_epochs")
         self.query_dataset = query_dataset
         self.document_tokens = document_tokens
         self.ks = tuple(ks)

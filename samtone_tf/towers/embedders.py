@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from samtone_tf._util import check_positive_int
+from samtone_tf._util import check_int
 from samtone_tf.data.pairs import trim_to_longest
 
 
@@ -64,7 +64,7 @@ def iter_encoded_batches(encode_fn: Callable, texts: Sequence[str], batch_size: 
       ValueError: bad ``batch_size``, or ``encode_fn`` returned the wrong number of rows
         or not a 2-D array.
     """
-    check_positive_int(batch_size, "batch_size")
+    check_int(batch_size, "batch_size")
     texts = list(texts)
     with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress) as bar:
         for i in range(0, len(texts), batch_size):

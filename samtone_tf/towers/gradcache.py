@@ -59,7 +59,7 @@ def random_state_variables(model):
     for variable in model.non_trainable_variables:
         if not tf.as_dtype(variable.dtype).is_integer:
             continue
-        key = id(getattr(variable, "value", variable)) if _keras.IS_KERAS3 else id(variable)
+        key = _keras.variable_key(variable)
         if key not in seen:
             seen.add(key)
             found.append(variable)

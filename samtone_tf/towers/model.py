@@ -6,7 +6,7 @@ import os
 import tensorflow as tf
 
 from samtone_tf import _keras
-from samtone_tf._keras import IS_KERAS3, keras, register_serializable
+from samtone_tf._keras import keras, register_serializable
 from samtone_tf.keys import (DOCUMENT_KEYS, HARD_NEGATIVE_DOCUMENT_KEYS,
                              HARD_NEGATIVE_QUERY_KEYS, QUERY_KEYS)
 from samtone_tf.precision import precision_of_layer, precision_scope
@@ -392,14 +392,7 @@ class DualEncoder(keras.Model):
                 "num_hard_negative_queries output slots as queries. Pass "
                 f"`SamToNeLoss(num_hard_negative_queries={given}, bidirectional=True, ...)`.")
 
-    if IS_KERAS3:
-        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-            self._check_loss_slots(x)
-            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
-    else:
-        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
-            self._check_loss_slots(x)
-            return super().compute_loss(x, y, y_pred, sample_weight)
+    compute_loss = _keras.checked_compute_loss(lambda model, x: model._check_loss_slots(x))
 
     # ------------------------------------------------------- gradient caching
     @property
@@ -495,10 +488,7 @@ class DualEncoder(keras.Model):
     # ------------------------------------------------------------- serialisation
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable}
-        if IS_KERAS3:
-            config["dtype"] = keras.dtype_policies.serialize(self.dtype_policy)
-        else:
-            config["dtype"] = self._dtype_policy.name
+        config["dtype"] = _keras.serialize_dtype_policy(self)
         config.update(
             {
                 "query_encoder": _serialize(self.query_encoder),
@@ -522,6 +512,6 @@ class DualEncoder(keras.Model):
         config = dict(config)
         for key in ("query_encoder", "document_encoder"):
             config[key] = _deserialize(config.get(key))
-        if IS_KERAS3 and isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        if "dtype" in config:
+            config["dtype"] = _keras.deserialize_dtype_policy(config["dtype"])
         return cls(**config)

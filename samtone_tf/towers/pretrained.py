@@ -70,7 +70,7 @@ import numpy as np
 import tensorflow as tf
 
 from samtone_tf._keras import IS_KERAS3
-from samtone_tf._util import atomic_directory, check_positive_int
+from samtone_tf._util import atomic_directory, check_int
 from samtone_tf.data.pairs import trim_to_longest
 from samtone_tf.data.tokenization import BertTextTokenizer
 from samtone_tf.precision import check_precision, current_precision, resolve_precision
@@ -704,7 +704,7 @@ def encode_texts(texts, batch_size=64, name="minilm-l6", max_length=None, cache_
     Returns:
         float32 numpy array ``[len(texts), hidden_dim]`` of unit vectors.
     """
-    check_positive_int(batch_size, "batch_size")
+    check_int(batch_size, "batch_size")
     texts = as_text_list(texts)
     model = load_pretrained(name, cache_dir)
     if not texts:

@@ -61,7 +61,7 @@ import tensorflow as tf
 
 from samtone_tf import keys
 from samtone_tf._keras import keras
-from samtone_tf._util import check_positive_int
+from samtone_tf._util import check_int
 from samtone_tf.data import pairs as data_lib
 from samtone_tf.evaluation import retrieval
 from samtone_tf.towers import embedders
@@ -148,14 +148,14 @@ class HardNegativeMiner:
     def __init__(self, pairs, corpus, tokenizer_or_tokenizers, *, qrels=None,
                  num_hard_documents=1, num_hard_queries=0, depth=None, skip_top=0, seed=0,
                  normalize=True, encode_batch_size=64):
-        self.num_hard_documents = check_positive_int(num_hard_documents, "`num_hard_documents`")
-        self.num_hard_queries = check_positive_int(num_hard_queries, "`num_hard_queries`", minimum=0)
-        self.skip_top = check_positive_int(skip_top, "`skip_top`", minimum=0)
-        self.seed = check_positive_int(seed, "`seed`", minimum=0)
-        self.encode_batch_size = check_positive_int(encode_batch_size, "`encode_batch_size`")
+        self.num_hard_documents = check_int(num_hard_documents, "`num_hard_documents`")
+        self.num_hard_queries = check_int(num_hard_queries, "`num_hard_queries`", minimum=0)
+        self.skip_top = check_int(skip_top, "`skip_top`", minimum=0)
+        self.seed = check_int(seed, "`seed`", minimum=0)
+        self.encode_batch_size = check_int(encode_batch_size, "`encode_batch_size`")
         largest = max(self.num_hard_documents, self.num_hard_queries)
         if depth is not None:
-            depth = check_positive_int(depth, "`depth`")
+            depth = check_int(depth, "`depth`")
             if depth < largest:
                 raise ValueError(f"`depth` ({depth}) must be >= max(num_hard_documents, "
                                  f"num_hard_queries) = {largest}, or None.")
@@ -372,7 +372,7 @@ class HardNegativeMiner:
         """
         data_lib.check_padding(padding)
         length_buckets = data_lib.check_length_buckets(length_buckets)
-        check_positive_int(batch_size, "batch_size")
+        check_int(batch_size, "batch_size")
         if batch_size > len(self.pairs):
             raise ValueError(f"batch_size={batch_size} exceeds the {len(self.pairs)} pairs.")
         # labels: one id per output slot (query, document, hard-negative documents, then
@@ -431,8 +431,8 @@ class HardNegativeMiningCallback(keras.callbacks.Callback):
 
     The refresh encodes the corpus and the training queries with the model being fitted
     (``model.encode_documents`` / ``encode_queries`` through
-    :func:`samtone_tf.evaluation.dual_encoder_fns` and
-    :func:`samtone_tf.evaluation.retrieval.encode_corpus`) and mines new negatives (see
+    :func:`samtone_tf.towers.embedders.dual_encoder_fns` and
+    :func:`samtone_tf.towers.embedders.encode_corpus`) and mines new negatives (see
     :mod:`samtone_tf.training.mining`); the dataset from ``miner.dataset(...)`` reads them from the
     next batch it produces on.
 
@@ -456,7 +456,7 @@ class HardNegativeMiningCallback(keras.callbacks.Callback):
         if not isinstance(miner, HardNegativeMiner):
             raise ValueError(f"`miner` must be a HardNegativeMiner, got {type(miner).__name__}.")
         self.miner = miner
-        self.every_n_steps = check_positive_int(every_n_steps, "`every_n_steps`")
+        self.every_n_steps = check_int(every_n_steps, "`every_n_steps`")
         if initial not in INITIAL_CHOICES:
             raise ValueError(f"`initial` must be one of {INITIAL_CHOICES}, got {initial!r}.")
         self.initial = initial

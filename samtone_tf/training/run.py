@@ -15,7 +15,7 @@ from typing import Optional
 import tensorflow as tf
 
 from samtone_tf._keras import KERAS_VERSION, keras, register_serializable
-from samtone_tf._util import atomic_write_json, check_positive_int
+from samtone_tf._util import atomic_write_json, check_int
 from samtone_tf.data.formats import get_format, load_data
 from samtone_tf.data.pairs import check_padding, make_pair_dataset, training_pairs_from_qrels
 from samtone_tf.data.tokenization import BertTextTokenizer
@@ -26,6 +26,7 @@ from samtone_tf.precision import check_precision, resolve_precision
 from samtone_tf.towers import pretrained
 from samtone_tf.towers.encoders import check_dropout
 from samtone_tf.towers.gradcache import check_mini_batch_size
+from samtone_tf.towers.embedders import dual_encoder_fns
 from samtone_tf.towers.model import DualEncoder
 from samtone_tf.training import resilience
 from samtone_tf.training import strategy as strategy_lib
@@ -126,9 +127,9 @@ class TrainConfig:
             raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}.")
         for name in ("batch_size", "epochs", "query_max_length", "document_max_length",
                      "eval_batch_size"):
-            check_positive_int(getattr(self, name), f"`{name}`")
+            check_int(getattr(self, name), f"`{name}`")
         for name in ("steps_per_epoch", "checkpoint_every"):
-            check_positive_int(getattr(self, name), f"`{name}`", allow_none=True)
+            check_int(getattr(self, name), f"`{name}`", allow_none=True)
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}.")
         if self.warmup_steps < 0:
@@ -286,7 +287,7 @@ def train(config, *, strategy=None, verbose=1):
                "keras": KERAS_VERSION, "precision": model.compute_precision}
     def run_evaluation(key):
         corpus, queries, qrels = eval_data
-        query_fn, doc_fn = evaluation.dual_encoder_fns(model, query_tok, doc_tok)
+        query_fn, doc_fn = dual_encoder_fns(model, query_tok, doc_tok)
         started = time.time()
         summary[key] = evaluation.evaluate_retrieval(
             query_fn, doc_fn, corpus, queries, qrels, batch_size=config.eval_batch_size,
