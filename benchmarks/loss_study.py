@@ -185,8 +185,6 @@ def make_head_model(dim, architecture):
     ``SamToNeLoss`` expects."""
     import tensorflow as tf
 
-    import tensorflow as tf
-
     keras = tf.keras  # the generation TF_USE_LEGACY_KERAS picked
 
     if architecture not in ARCHITECTURES:
