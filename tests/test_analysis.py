@@ -356,10 +356,13 @@ def test_histograms_overlay_one_per_model(plot, two_models, tmp_path):
 
 BACKEND_CHILD = """
     import importlib.util, sys
+    import samtone_tf  # its dependencies (Keras 3 imports matplotlib.pyplot itself)
+    before = set(sys.modules)
     spec = importlib.util.spec_from_file_location("analysis", {path!r})
     analysis = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(analysis)
-    assert "matplotlib" not in sys.modules, "imported matplotlib at import time"
+    added = sorted(m for m in set(sys.modules) - before if m.startswith("matplotlib"))
+    assert not added, ("imported matplotlib at import time", added)
     import numpy as np
     analysis.plot_top1_histograms({{"m": {{"query": np.eye(3), "document": np.eye(3)}}}})
     import matplotlib
@@ -371,7 +374,7 @@ BACKEND_CHILD = """
 def test_backend_agg_only_when_none_was_chosen(mplbackend, expected, tmp_path):
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(BACKEND_CHILD.format(
-        path=os.path.join(REPO, "samtone_tf", "analysis.py"))))
+        path=os.path.join(REPO, "samtone_tf", "evaluation", "analysis.py"))))
     env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "DISPLAY")}
     if mplbackend:
         env["MPLBACKEND"] = mplbackend

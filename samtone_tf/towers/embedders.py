@@ -235,7 +235,9 @@ def on_replicas(encode, strategy=None):
                     lambda a: tf.constant(a[ctx.replica_id_in_sync_group * per:
                                             (ctx.replica_id_in_sync_group + 1) * per]),
                     padded))
-        result = strategy.run(encode, args=(values,))
+        # a plain function around `encode`: handed a tf.function with an input signature,
+        # strategy.run would pass it the PerReplica value itself
+        result = strategy.run(lambda v: encode(v), args=(values,))
         if replicas > 1:
             # every replica holds `per` rows: the gather (in replica order) is the row order
             result = strategy.gather(result, axis=0)
