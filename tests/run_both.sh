@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The test command: the whole suite under Keras 3 (default tf.keras), and under Keras 2
-# (TF_USE_LEGACY_KERAS=1) every test whose outcome can depend on the generation: the tests
-# marked keras_independent (NumPy references, loaders, metrics, downloads; see
-# tests/conftest.py) run once. Extra arguments go to pytest. Exits non-zero if either fails.
+# The test command: every test whose outcome can depend on the Keras generation under Keras 3
+# (default tf.keras) and under Keras 2 (TF_USE_LEGACY_KERAS=1); the tests marked
+# keras_independent (NumPy references, loaders, metrics, downloads; see tests/conftest.py)
+# run once, in the Keras 2 run, which is the lighter one (the Keras 3 run has the keras-hub
+# towers and the regime study's --quick run). Extra arguments go to pytest. Exits non-zero
+# if either fails.
 #
 # The two generations run at the same time, each in its own process tree with its own
 # pytest temporary directory: much of a test's time is single-threaded (tracing, process
@@ -24,11 +26,11 @@ both="not keras_independent or keras_dependent"  # the marks: tests/conftest.py
 
 pytest_args=("$@")
 if [ "${SAMTONE_TF_SERIAL:-0}" = 1 ]; then
-    run keras3 "" -u TF_USE_LEGACY_KERAS; status3=$?
-    run keras2 "$both" TF_USE_LEGACY_KERAS=1; status2=$?
+    run keras3 "$both" -u TF_USE_LEGACY_KERAS; status3=$?
+    run keras2 "" TF_USE_LEGACY_KERAS=1; status2=$?
 else
-    run keras3 "" -u TF_USE_LEGACY_KERAS & pid3=$!
-    run keras2 "$both" TF_USE_LEGACY_KERAS=1 & pid2=$!
+    run keras3 "$both" -u TF_USE_LEGACY_KERAS & pid3=$!
+    run keras2 "" TF_USE_LEGACY_KERAS=1 & pid2=$!
     wait "$pid3"; status3=$?
     wait "$pid2"; status2=$?
 fi
