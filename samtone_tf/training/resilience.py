@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from samtone_tf._keras import keras
+from samtone_tf._util import check_int
 
 __all__ = ["NonFiniteLossError", "StopOnNonFiniteLoss", "StepCheckpoint", "fit_resumable",
            "latest_step"]
@@ -173,9 +174,7 @@ class StepCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, directory, every_steps=None, max_to_keep=2, check_finite=True):
         super().__init__()
-        if every_steps is not None and (isinstance(every_steps, bool)
-                                        or not isinstance(every_steps, int) or every_steps < 1):
-            raise ValueError(f"every_steps must be a positive int or None, got {every_steps!r}.")
+        check_int(every_steps, "every_steps", allow_none=True)
         self.directory = os.fspath(directory)
         self.every_steps = every_steps
         self.max_to_keep = max_to_keep
@@ -265,8 +264,7 @@ def fit_resumable(model, dataset, *, epochs, steps_per_epoch, checkpoint_dir, ev
       "resumed_from_step": s, "steps": total}``.
     """
     for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        check_int(value, name)
     if not model.built:
         raise ValueError("Build the model (call it on a batch) before fit_resumable.")
     total = epochs * steps_per_epoch

@@ -27,6 +27,8 @@ import os
 
 import tensorflow as tf
 
+from samtone_tf._util import check_int
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -72,8 +74,7 @@ def configure_cpu_replicas(n):
       ValueError: ``n < 1``.
       RuntimeError: TensorFlow was already initialised with fewer logical CPU devices.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"num_cpu_replicas must be a positive int, got {n!r}.")
+    check_int(n, "num_cpu_replicas")
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(
@@ -173,8 +174,7 @@ def per_replica_batch_check(global_batch, strategy=None):
     if strategy is None:
         strategy = tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
-    if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
-        raise ValueError(f"global batch size must be a positive int, got {global_batch!r}.")
+    check_int(global_batch, "global batch size")
     if global_batch % replicas:
         raise ValueError(
             f"global batch size {global_batch} is not divisible by the {replicas} replicas of "
