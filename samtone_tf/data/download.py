@@ -266,17 +266,14 @@ def download_dataset(name, cache_dir, *, progress=True, registry=None) -> str:
         return target
     archive = download(spec.url, spec.sha256, cache_dir, spec.filename, md5=spec.md5, progress=progress)
     # extracted and verified beside the cache, then one rename (an old copy that failed
-    # verification is replaced only by a verified one)
-    with atomic_directory(target, exists="replace") as out, \
-            tempfile.TemporaryDirectory(dir=cache_dir, prefix=f".{spec.extract_to}.",
-                                        suffix=".part") as staging:
-        _safe_extract(archive, staging)
-        extracted = os.path.join(staging, spec.extract_to)
-        if not os.path.isdir(extracted):
+    # verification is replaced only by a verified one). `out` is <scratch>/<extract_to>: the
+    # archive's top-level folder of that name, extracted into the scratch folder, is it.
+    with atomic_directory(target, exists="replace") as out:
+        _safe_extract(archive, os.path.dirname(out))
+        if not os.path.isdir(out):
             raise DownloadError(f"{archive}: no top-level folder {spec.extract_to!r} in the archive.")
-        problems = verify_files(extracted, spec.files)
+        problems = verify_files(out, spec.files)
         if problems:
             detail = "; ".join(f"{rel}: {why}" for rel, why in problems)
             raise DownloadError(f"{archive}: extracted files do not verify ({detail}); nothing was extracted.")
-        os.rename(extracted, out)
     return target

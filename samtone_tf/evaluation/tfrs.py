@@ -34,6 +34,7 @@ with ``"query_token_ids"``, ``"query_padding_mask"`` int32 ``[B, Lq]`` and
 import numpy as np
 import tensorflow as tf
 
+from samtone_tf import keys
 from samtone_tf._keras import IS_KERAS3, KERAS_VERSION, keras
 from samtone_tf._util import check_int, l2_normalize
 from samtone_tf.towers import embedders
@@ -109,8 +110,8 @@ def encode_corpus_embeddings(model, document_tokens, batch_size=64):
       float32 NumPy ``[N, dim]``.
     """
     check_int(batch_size, "batch_size")
-    ids = np.asarray(document_tokens["token_ids"])
-    mask = np.asarray(document_tokens["padding_mask"])
+    ids = np.asarray(document_tokens[keys.TOKEN_IDS])
+    mask = np.asarray(document_tokens[keys.PADDING_MASK])
     if ids.ndim != 2 or ids.shape != mask.shape:
         raise ValueError(
             f"token_ids {ids.shape} and padding_mask {mask.shape} must both be [N, L]."
@@ -119,8 +120,8 @@ def encode_corpus_embeddings(model, document_tokens, batch_size=64):
     encode = embedders.on_replicas(
         tf.function(lambda f: model.encode_documents(f, training=False), reduce_retracing=True),
         strategy)
-    out = [encode({"token_ids": ids[start:start + batch_size].astype(np.int32),
-                   "padding_mask": mask[start:start + batch_size].astype(np.int32)})
+    out = [encode({keys.TOKEN_IDS: ids[start:start + batch_size].astype(np.int32),
+                   keys.PADDING_MASK: mask[start:start + batch_size].astype(np.int32)})
            for start in range(0, len(ids), batch_size)]
     return np.concatenate(out, axis=0).astype(np.float32)
 
@@ -135,14 +136,15 @@ def make_query_eval_dataset(query_tokens, positive_index, batch_size):
       batch_size: global batch size (the last batch may be smaller).
     """
     positive_index = np.asarray(positive_index, dtype=np.int64)
-    ids = np.asarray(query_tokens["token_ids"], dtype=np.int32)
+    ids = np.asarray(query_tokens[keys.TOKEN_IDS], dtype=np.int32)
     if positive_index.shape != (ids.shape[0],):
         raise ValueError(
             f"positive_index has shape {positive_index.shape}; expected ({ids.shape[0]},)."
         )
     return tf.data.Dataset.from_tensor_slices({
-        "query_token_ids": ids,
-        "query_padding_mask": np.asarray(query_tokens["padding_mask"], dtype=np.int32),
+        keys.QUERY + keys.TOKEN_IDS: ids,
+        keys.QUERY + keys.PADDING_MASK: np.asarray(query_tokens[keys.PADDING_MASK],
+                                                   dtype=np.int32),
         POSITIVE_INDEX_KEY: positive_index,
     }).batch(batch_size)
 
@@ -216,7 +218,7 @@ class FactorizedTopKEvaluator(keras.Model):
 
     def call(self, inputs, training=False):
         queries = self.dual_encoder.encode_queries(
-            {"token_ids": inputs["query_token_ids"], "padding_mask": inputs["query_padding_mask"]},
+            {key: inputs[keys.QUERY + key] for key in keys.TOKENIZER_KEYS},
             training=False,
         )
         if self.normalize:
